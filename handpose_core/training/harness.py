@@ -1,0 +1,183 @@
+"""The one training loop shared by every model family (DeepPrior, CPM).
+
+A model family supplies a :class:`TrainTask`: its model, a deterministic batch source keyed by
+step (so a resumed run sees the same batches as an uninterrupted one), a loss, and the metadata
+its checkpoint must carry. The harness owns everything else: device and mixed precision,
+optimizer and LR policy, progress bar, TensorBoard scalars, periodic evaluation, checkpoints
+(``last.pt`` with optimizer state for resume, ``model.pt`` for inference) and seeding.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import time
+from collections.abc import Callable, Iterator
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any, Protocol
+
+import torch
+from tqdm import tqdm
+
+from handpose_core.checkpoint import atomic_write, load_checkpoint, save_checkpoint
+from handpose_core.estimator import resolve_device
+from handpose_core.training.lr import lr_at
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class TrainConfig:
+    """Optimisation settings; every model family's named recipes are instances of this."""
+
+    steps: int = 1000
+    batch_size: int = 64
+    optimizer: str = "adam"  # adam | sgd
+    lr: float = 1e-3
+    momentum: float = 0.9  # sgd only
+    weight_decay: float = 0.0
+    lr_policy: str = "cosine"  # cosine | inv | fixed
+    lr_gamma: float = 1e-4  # inv only
+    lr_power: float = 0.75  # inv only
+    warmup_steps: int = 0
+    grad_clip: float = 0.0  # 0 = off
+    device: str = "auto"  # auto | cpu | cuda | cuda:N
+    amp: bool = True  # mixed precision, CUDA only
+    seed: int = 0
+    log_every: int = 20
+    eval_every: int = 0  # 0 = only at the end
+    ckpt_every: int = 500
+    out_dir: str = "runs/train"
+    resume: bool = False
+    tensorboard: bool = True
+    progress: bool = True
+    extra: dict[str, Any] = field(default_factory=dict)  # recipe-specific knobs, recorded verbatim
+
+
+class TrainTask(Protocol):
+    """What a model family plugs into :func:`train`."""
+
+    model_name: str
+    model_config: dict[str, Any]
+
+    def build_model(self) -> torch.nn.Module: ...
+
+    def batches(self, start_step: int, batch_size: int, seed: int) -> Iterator[Any]:
+        """Infinite, deterministic batches: batch k of the iterator is the batch for step start_step + k."""
+
+    def loss(self, model: torch.nn.Module, batch: Any, device: torch.device) -> tuple[torch.Tensor, dict]:
+        """(scalar loss, {name: float} scalars to log)."""
+
+    def checkpoint_meta(self) -> dict[str, Any]: ...
+
+
+def _make_optimizer(params, cfg: TrainConfig) -> torch.optim.Optimizer:
+    if cfg.optimizer == "adam":
+        return torch.optim.AdamW(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
+    if cfg.optimizer == "sgd":
+        return torch.optim.SGD(params, lr=cfg.lr, momentum=cfg.momentum, weight_decay=cfg.weight_decay)
+    raise ValueError(f"unknown optimizer {cfg.optimizer!r} (adam, sgd)")
+
+
+def _lr(step: int, cfg: TrainConfig) -> float:
+    return lr_at(step, cfg.lr, cfg.lr_policy, cfg.steps, cfg.warmup_steps, cfg.lr_gamma, cfg.lr_power)
+
+
+def train(
+    task: TrainTask,
+    cfg: TrainConfig,
+    evaluate: Callable[[torch.nn.Module, torch.device], dict[str, float]] | None = None,
+) -> dict[str, Any]:
+    """Run the loop; returns {"step", "final_loss", "eval": {...}, "checkpoint": path, "seconds"}."""
+    torch.manual_seed(cfg.seed)
+    device = resolve_device(cfg.device)
+    out = Path(cfg.out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    model = task.build_model().to(device)
+    trainable = [p for p in model.parameters() if p.requires_grad]
+    opt = _make_optimizer(trainable, cfg)
+    use_amp = cfg.amp and device.type == "cuda"
+    scaler = torch.amp.GradScaler("cuda", enabled=use_amp)
+
+    start = 0
+    last_path = out / "last.pt"
+    if cfg.resume and last_path.is_file():
+        blob = load_checkpoint(last_path, map_location=device)
+        model.load_state_dict(blob["state_dict"])
+        if "optimizer" in blob:
+            opt.load_state_dict(blob["optimizer"])
+        start = int(blob["step"])
+        log.info("resumed from %s at step %d", last_path, start)
+
+    writer = None
+    if cfg.tensorboard:
+        from torch.utils.tensorboard import SummaryWriter
+
+        writer = SummaryWriter(str(out / "tb"))
+
+    def save(path: Path, step: int, with_optimizer: bool, metrics: dict | None = None) -> None:
+        meta = dict(task.checkpoint_meta())
+        meta["training"] = {"config": asdict(cfg), "step": step, **({"metrics": metrics} if metrics else {})}
+        save_checkpoint(path, task.model_name, task.model_config, model.state_dict(), meta,
+                        optimizer=opt.state_dict() if with_optimizer else None, step=step)
+
+    batches = task.batches(start, cfg.batch_size, cfg.seed)
+    bar = tqdm(range(start, cfg.steps), initial=start, total=cfg.steps, disable=not cfg.progress,
+               desc=task.model_name, dynamic_ncols=True)
+    loss_value, t0, metrics = float("nan"), time.perf_counter(), {}
+    model.train()
+    for step in bar:
+        lr = _lr(step, cfg)
+        for group in opt.param_groups:
+            group["lr"] = lr
+        batch = next(batches)
+        with torch.autocast(device_type=device.type, dtype=torch.float16, enabled=use_amp):
+            loss, scalars = task.loss(model, batch, device)
+        opt.zero_grad(set_to_none=True)
+        scaler.scale(loss).backward()
+        if cfg.grad_clip > 0:
+            scaler.unscale_(opt)
+            torch.nn.utils.clip_grad_norm_(trainable, cfg.grad_clip)
+        scaler.step(opt)
+        scaler.update()
+        loss_value = float(loss.detach())
+        if not torch.isfinite(loss.detach()):
+            raise FloatingPointError(f"loss is {loss_value} at step {step}; lower the learning rate")
+        if step % cfg.log_every == 0 or step == cfg.steps - 1:
+            bar.set_postfix(loss=f"{loss_value:.4g}", lr=f"{lr:.2e}")
+            if writer is not None:
+                writer.add_scalar("train/loss", loss_value, step)
+                writer.add_scalar("train/lr", lr, step)
+                for name, value in scalars.items():
+                    writer.add_scalar(f"train/{name}", value, step)
+        done = step + 1
+        if evaluate is not None and cfg.eval_every and done % cfg.eval_every == 0 and done < cfg.steps:
+            metrics = _run_eval(evaluate, model, device, writer, done)
+            model.train()
+        if cfg.ckpt_every and done % cfg.ckpt_every == 0:
+            save(last_path, done, with_optimizer=True)
+    bar.close()
+    if evaluate is not None:
+        metrics = _run_eval(evaluate, model, device, writer, cfg.steps)
+    save(last_path, cfg.steps, with_optimizer=True, metrics=metrics)
+    model_path = out / "model.pt"
+    save(model_path, cfg.steps, with_optimizer=False, metrics=metrics)
+    result = {"step": cfg.steps, "final_loss": loss_value, "eval": metrics, "checkpoint": str(model_path),
+              "seconds": time.perf_counter() - t0, "device": str(device)}
+    atomic_write(out / "result.json", lambda tmp: Path(tmp).write_text(json.dumps(result, indent=2)))
+    if writer is not None:
+        writer.close()
+    return result
+
+
+def _run_eval(evaluate, model, device, writer, step: int) -> dict[str, float]:
+    model.eval()
+    with torch.no_grad():
+        metrics = evaluate(model, device)
+    if writer is not None:
+        for name, value in metrics.items():
+            if isinstance(value, (int, float)):
+                writer.add_scalar(f"eval/{name}", value, step)
+    log.info("eval at step %d: %s", step, metrics)
+    return metrics
