@@ -17,8 +17,7 @@ demo: $(STAMP)
 	$(PY) -m training.demo
 
 test: $(STAMP)
-	$(PY) -m ruff check .
-	$(PY) -m pytest -q
+	$(PY) -m pytest -q  # includes tests/test_lint.py (ruff)
 
 bench: $(STAMP)
 	$(PY) -m bench.run_all

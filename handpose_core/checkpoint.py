@@ -36,6 +36,10 @@ def atomic_write(path: str | os.PathLike, write_fn) -> None:
     os.close(fd)
     try:
         write_fn(tmp)
+        # mkstemp makes the file owner-only; give it the mode a plain open() would have.
+        umask = os.umask(0)
+        os.umask(umask)
+        os.chmod(tmp, 0o666 & ~umask)
         os.replace(tmp, path)
     except BaseException:
         if os.path.exists(tmp):
