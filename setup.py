@@ -16,7 +16,9 @@ setup(
     description="Hand keypoints from depth (DeepPrior) or RGB (CPM) cameras for ROS 2",
     license="Apache-2.0",
     python_requires=">=3.10",
-    packages=find_packages(include=["handpose_core", "handpose_core.*", "handpose_ros", "handpose_ros.*", "training", "training.*"]),
+    # training/ and bench/ are run from a checkout (python -m training.train_deep_prior); only the
+    # library and the node are installed.
+    packages=find_packages(include=["handpose_core", "handpose_core.*", "handpose_ros", "handpose_ros.*"]),
     package_data={"handpose_core": ["weights/*.pt"]},
     include_package_data=True,
     data_files=[

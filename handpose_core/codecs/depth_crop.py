@@ -84,20 +84,40 @@ class DepthCropCodec:
     min_hand_px: int = 160  # full-resolution pixels; blobs smaller than this are noise, not a hand
     layer_mm: float = 25.0  # depth step of the layered search
     search_stride: int = 4  # the search runs on every 4th pixel: 16x fewer pixels, same blobs
-    refine_iters: int = 4
+    hand_slab_mm: float = 100.0  # a candidate is judged on the slab this deep behind its nearest point
+    isolation_mm: float = 50.0  # ... and on how much that slab grows when cut this much deeper
+    slab_scales: tuple[float, ...] = (1.0, 0.5)  # slab and isolation depths tried, as factors
+    max_growth: float = 1.25  # a hand is isolated: its slab grows at most this much (area ratio)
+    min_hand_area_mm2: float = 5000.0  # metric area of the slab: a fist seen from the front ~ 7000
+    max_hand_area_mm2: float = 30000.0  # open hand + forearm ~ 15000-25000; a torso is larger
+    refine_iters: int = 4  # mean-shift iterations at most
+    refine_stride: int = 2  # mean shift on every 2nd pixel
 
     def to_config(self) -> dict:
         return {k: getattr(self, k) for k in self.__dataclass_fields__}
 
     # -- hand localisation -------------------------------------------------------------------
     def locate(self, depth_mm: np.ndarray, intrinsics: Intrinsics) -> np.ndarray:
-        """Centre of the nearest hand-sized object, (3,) float64 mm, optical frame. Raises NoHandError.
+        """Centre of the nearest hand-like object, (3,) float64 mm, optical frame. Raises NoHandError.
 
-        A layered search on a 1/``search_stride`` image: the depth threshold grows from the nearest
-        valid pixel in ``layer_mm`` steps and the first blob of hand size that does not touch the
-        bottom image edge is the seed (a torso or an arm entering from below touches it; a hand held
-        up does not). If none qualifies, the nearest blob of hand size is taken whatever it touches.
-        The seed is then refined by mean shift on the full image inside a sphere of ``cube_mm / 2``.
+        A layered search on a 1/``search_stride`` image: depth thresholds grow from the nearest
+        valid pixel in ``layer_mm`` steps, and every blob of at least ``min_hand_px`` that appears
+        within ``cube_mm`` of the nearest pixel is a candidate, nearest first. A candidate is judged
+        on its *slab*: the blob that contains it once the threshold is ``hand_slab_mm`` deeper.
+        It is a hand when the slab
+
+        - has a hand-sized metric area (``min_hand_area_mm2`` .. ``max_hand_area_mm2``: a hand with
+          some forearm; a torso's slab is larger, a speckle or a body part cut by the image border
+          smaller), and
+        - is isolated: cut ``isolation_mm`` deeper still, it grows by at most ``max_growth``. A hand
+          held in the air is surrounded by a depth gap; the nearest part of a torso or a table
+          continues smoothly into more surface.
+
+        This picks a hand raised beside the body even where the chest is nearer. When no candidate
+        qualifies (a hand touching the body, a lone hand in the synthetic data whose slab is cut by
+        the crop) the nearest blob of hand size is taken, preferring one that does not touch the
+        bottom image edge (an arm or torso entering from below touches it). The seed is then
+        refined by mean shift on the full image inside a sphere of ``cube_mm / 2``.
         """
         s = self.search_stride
         small = np.ascontiguousarray(depth_mm[::s, ::s])
@@ -111,52 +131,126 @@ class DepthCropCodec:
             )
         k = min(self.nearest_k, values.size - 1)
         near_mm = float(np.partition(values, k)[k])
-        seed = None
-        fallback = None
-        for threshold in np.arange(near_mm + self.layer_mm, near_mm + self.cube_mm + 1e-3, self.layer_mm):
-            mask = (valid_small & (small <= threshold)).astype(np.uint8)
-            count, labels, stats, centroids = cv2.connectedComponentsWithStats(mask, connectivity=8)
-            big = [i for i in range(1, count) if stats[i, cv2.CC_STAT_AREA] >= min_px_small]
-            if not big:
-                continue
-            if fallback is None:
-                fallback = (labels, max(big, key=lambda i: stats[i, cv2.CC_STAT_AREA]))
-            free = [i for i in big if stats[i, cv2.CC_STAT_TOP] + stats[i, cv2.CC_STAT_HEIGHT] < small.shape[0]]
-            if free:
-                seed = (labels, max(free, key=lambda i: stats[i, cv2.CC_STAT_AREA]))
-                break
-        if seed is None:
-            seed = fallback
+        seed = self._search(small, valid_small, near_mm, min_px_small, intrinsics)
         if seed is None:
             raise NoHandError(f"no object of at least {self.min_hand_px} pixels in range")
-        labels, label = seed
-        vs, us = np.nonzero(labels == label)
+        vs, us = seed
         com_uvd = np.array([us.mean() * s, vs.mean() * s, float(np.median(small[vs, us]))])
-        valid = (depth_mm > self.min_depth_mm) & (depth_mm < self.max_depth_mm)
-        for _ in range(self.refine_iters):
-            com_uvd = self._refine(depth_mm, valid, com_uvd, intrinsics)
+        com_uvd = self._refine(depth_mm, com_uvd, intrinsics)
         return intrinsics.backproject(com_uvd[:2], com_uvd[2])
 
-    def _refine(self, depth_mm: np.ndarray, valid: np.ndarray, com_uvd: np.ndarray, intr: Intrinsics):
-        """Mean-shift step: centre of the valid 3D points within ``cube_mm / 2`` of ``com_uvd``."""
+    def _search(self, small, valid_small, near_mm, min_px, intr):
+        """Layered search of :meth:`locate` -> (rows, cols) of the seed blob in ``small``, or None."""
+        s = self.search_stride
+        step = self.layer_mm
+        slabs = []  # (slab layers, isolation layers), thickest first
+        for f in self.slab_scales:
+            pair = (max(1, round(f * self.hand_slab_mm / step)), max(1, round(f * self.isolation_mm / step)))
+            if pair not in slabs:
+                slabs.append(pair)
+        n_birth = max(1, int(self.cube_mm // step))
+        flat_depth = small.ravel()
+        flat_valid = valid_small.ravel()
+        # metric area of each search pixel, mm^2: a pixel at depth z covers (s z / fx) x (s z / fy)
+        px_area = flat_depth * flat_depth * np.float32(s * s / (intr.fx * intr.fy))
+        layers: dict[int, tuple] = {}
+
+        def layer(i):
+            """Threshold near + i * step -> (labels (H*W,), inside (H*W,) bool, px count, area mm2)."""
+            if i not in layers:
+                inside = flat_valid & (flat_depth <= near_mm + i * step)
+                _, labels = cv2.connectedComponents(inside.reshape(small.shape).view(np.uint8), connectivity=8)
+                labels = labels.ravel()
+                lab_in = labels[inside]
+                n = int(labels.max()) + 1
+                layers[i] = (labels, inside, np.bincount(lab_in, minlength=n),
+                             np.bincount(lab_in, weights=px_area[inside], minlength=n))
+            return layers[i]
+
+        def parent(i, j):
+            """Label map from layer i to the (nested) layer j: component c of i lies in parent[c] of j."""
+            labels_i, inside_i, _, _ = layer(i)
+            labels_j = layer(j)[0]
+            up = np.zeros(int(labels_i.max()) + 1, dtype=labels_j.dtype)
+            up[labels_i[inside_i]] = labels_j[inside_i]
+            return up
+
+        judged = set()
+        for i in range(1, n_birth + 1):
+            _, _, counts, _ = layer(i)
+            born = np.flatnonzero(counts >= min_px)
+            born = born[born > 0]
+            if born.size == 0:
+                continue
+            for k_slab, k_iso in slabs:
+                slab_of = parent(i, i + k_slab)[born]
+                deeper_of = parent(i + k_slab, i + k_slab + k_iso)
+                labels_s, _, _, area_s = layer(i + k_slab)
+                area_d = layer(i + k_slab + k_iso)[3]
+                for slab in sorted(set(slab_of.tolist()), key=lambda c: -area_s[c]):
+                    if (i + k_slab, k_iso, slab) in judged:
+                        continue
+                    judged.add((i + k_slab, k_iso, slab))
+                    area = area_s[slab]
+                    growth = area_d[deeper_of[slab]] / max(area, 1e-6)
+                    if self.min_hand_area_mm2 <= area <= self.max_hand_area_mm2 and growth <= self.max_growth:
+                        return np.divmod(np.flatnonzero(labels_s == slab), small.shape[1])
+        # No isolated hand-sized blob: the nearest blob of hand size, preferring one that does not
+        # touch the bottom edge.
+        fallback = None
+        for i in range(1, n_birth + 1):
+            labels, _, counts, _ = layer(i)
+            big = np.flatnonzero(counts >= min_px)
+            big = big[big > 0]
+            if big.size == 0:
+                continue
+            if fallback is None:
+                fallback = (labels, big[np.argmax(counts[big])])
+            bottom = set(np.unique(labels.reshape(small.shape)[-1]).tolist())
+            free = [c for c in big.tolist() if c not in bottom]
+            if free:
+                best = max(free, key=lambda c: counts[c])
+                return np.divmod(np.flatnonzero(labels == best), small.shape[1])
+        if fallback is None:
+            return None
+        labels, best = fallback
+        return np.divmod(np.flatnonzero(labels == best), small.shape[1])
+
+    def _refine(self, depth_mm: np.ndarray, com_uvd: np.ndarray, intr: Intrinsics) -> np.ndarray:
+        """Mean shift: ``com_uvd`` (u px, v px, z mm) -> centre of the valid 3D points within ``cube_mm / 2``.
+
+        Runs on every ``refine_stride``-th pixel (the mean of tens of thousands of points barely
+        moves, the cost drops 4x) and stops once a step moves the centre less than 0.5 mm.
+        """
+        r = max(1, int(self.refine_stride))
+        sub = depth_mm[::r, ::r]
         half = self.cube_mm / 2.0
-        u, v, d = com_uvd
-        hu, hv = half * intr.fx / d, half * intr.fy / d
-        x0, x1 = int(max(0, np.floor(u - hu))), int(min(depth_mm.shape[1], np.ceil(u + hu) + 1))
-        y0, y1 = int(max(0, np.floor(v - hv))), int(min(depth_mm.shape[0], np.ceil(v + hv) + 1))
-        window = depth_mm[y0:y1, x0:x1]
-        vs, us = np.nonzero(valid[y0:y1, x0:x1] & (np.abs(window - d) < half))
-        if vs.size < self.min_hand_px:
-            return com_uvd
-        zs = window[vs, us]
-        xs = (us + x0 - intr.cx) * zs / intr.fx
-        ys = (vs + y0 - intr.cy) * zs / intr.fy
-        cx, cy = (u - intr.cx) * d / intr.fx, (v - intr.cy) * d / intr.fy
-        inside = (xs - cx) ** 2 + (ys - cy) ** 2 + (zs - d) ** 2 < half * half
-        if inside.sum() < self.min_hand_px:
-            return com_uvd
-        x, y, z = xs[inside].mean(), ys[inside].mean(), zs[inside].mean()
-        return np.array([x * intr.fx / z + intr.cx, y * intr.fy / z + intr.cy, z])
+        min_px = max(1, self.min_hand_px // (r * r))
+        for _ in range(self.refine_iters):
+            u, v, d = com_uvd
+            hu, hv = half * intr.fx / d / r, half * intr.fy / d / r
+            x0 = int(max(0, np.floor(u / r - hu)))
+            x1 = int(min(sub.shape[1], np.ceil(u / r + hu) + 1))
+            y0 = int(max(0, np.floor(v / r - hv)))
+            y1 = int(min(sub.shape[0], np.ceil(v / r + hv) + 1))
+            window = sub[y0:y1, x0:x1]
+            keep = (window > self.min_depth_mm) & (window < self.max_depth_mm) & (np.abs(window - d) < half)
+            vs, us = np.nonzero(keep)
+            if vs.size < min_px:
+                break
+            zs = window[vs, us].astype(np.float64)
+            xs = ((us + x0) * r - intr.cx) * zs / intr.fx
+            ys = ((vs + y0) * r - intr.cy) * zs / intr.fy
+            cx, cy = (u - intr.cx) * d / intr.fx, (v - intr.cy) * d / intr.fy
+            inside = (xs - cx) ** 2 + (ys - cy) ** 2 + (zs - d) ** 2 < half * half
+            if np.count_nonzero(inside) < min_px:
+                break
+            x, y, z = xs[inside].mean(), ys[inside].mean(), zs[inside].mean()
+            moved = np.sqrt((x - cx) ** 2 + (y - cy) ** 2 + (z - d) ** 2)
+            com_uvd = np.array([x * intr.fx / z + intr.cx, y * intr.fy / z + intr.cy, z])
+            if moved < 0.5:
+                break
+        return com_uvd
 
     # -- encode / decode ---------------------------------------------------------------------
     def warp_for(

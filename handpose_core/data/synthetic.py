@@ -1031,6 +1031,9 @@ class SyntheticHands:
                 # No return beyond max_range_m (and none where nothing was hit: _FAR).
                 z = tmp[:h, :w]
                 cv2.threshold(depth[v0 : v0 + h, u0 : u0 + w], cfg.max_range_m, 0.0, cv2.THRESH_TOZERO_INV, dst=z)
+                # A background plane behind the camera or hit at grazing angles can give -inf or NaN:
+                # no return there, like a real sensor.
+                np.copyto(z, np.float32(0.0), where=~(z > 0))
                 noisy = tmp2[:h, :w]
                 if cfg.depth_noise:
                     sigma = np.float32(cfg.noise_mm_at_half_m * 1e-3 / 0.25)  # std = sigma z^2
@@ -1086,9 +1089,10 @@ class SyntheticHands:
         win = depth[v0:v1, u0:u1]
         kernel = np.ones((3, 3), np.uint8)
         jump = cv2.dilate(win, kernel)
-        jump -= cv2.erode(win, kernel)
-        jump -= np.float32(0.02) * win
-        k = np.flatnonzero(jump > np.float32(0.01))
+        with np.errstate(invalid="ignore"):  # NaN (no surface) compares False: no dropout there
+            jump -= cv2.erode(win, kernel)
+            jump -= np.float32(0.02) * win
+            k = np.flatnonzero(jump > np.float32(0.01))
         k = k[rng.random(k.size) < self.config.edge_dropout_prob]
         ys, xs = np.divmod(k, win.shape[1])
         depth_mm[ys + v0, xs + u0] = 0

@@ -50,6 +50,7 @@ class TrainConfig:
     ckpt_every: int = 500
     out_dir: str = "runs/train"
     resume: bool = False
+    time_budget_s: float = 0.0  # > 0: stop at this wall-clock budget; the LR schedule runs on time
     tensorboard: bool = True
     progress: bool = True
     extra: dict[str, Any] = field(default_factory=dict)  # recipe-specific knobs, recorded verbatim
@@ -80,8 +81,18 @@ def _make_optimizer(params, cfg: TrainConfig) -> torch.optim.Optimizer:
     raise ValueError(f"unknown optimizer {cfg.optimizer!r} (adam, sgd)")
 
 
-def _lr(step: int, cfg: TrainConfig) -> float:
+def _lr(step: int, cfg: TrainConfig, elapsed_s: float = 0.0) -> float:
+    """LR at ``step``; under a time budget the schedule advances by whichever is further along,
+    steps or wall-clock time, so a cosine schedule has decayed when the budget runs out."""
+    if cfg.time_budget_s > 0 and cfg.lr_policy == "cosine":
+        step = max(step, int(cfg.steps * min(1.0, elapsed_s / cfg.time_budget_s)))
     return lr_at(step, cfg.lr, cfg.lr_policy, cfg.steps, cfg.warmup_steps, cfg.lr_gamma, cfg.lr_power)
+
+
+def _step_seed(seed: int, step: int) -> int:
+    """Torch seed for one step: dropout and other in-model randomness depend on (seed, step) only,
+    so a resumed run draws what an uninterrupted one would."""
+    return (seed * 1_000_003 + step) % (2**63 - 1)
 
 
 def train(
@@ -100,7 +111,7 @@ def train(
     use_amp = cfg.amp and device.type == "cuda"
     scaler = torch.amp.GradScaler("cuda", enabled=use_amp)
 
-    start = 0
+    start, elapsed_before = 0, 0.0
     last_path = out / "last.pt"
     if cfg.resume and last_path.is_file():
         blob = load_checkpoint(last_path, map_location=device)
@@ -108,6 +119,7 @@ def train(
         if "optimizer" in blob:
             opt.load_state_dict(blob["optimizer"])
         start = int(blob["step"])
+        elapsed_before = float(blob["meta"].get("training", {}).get("elapsed_s", 0.0))
         log.info("resumed from %s at step %d", last_path, start)
 
     writer = None
@@ -118,7 +130,8 @@ def train(
 
     def save(path: Path, step: int, with_optimizer: bool, metrics: dict | None = None) -> None:
         meta = dict(task.checkpoint_meta())
-        meta["training"] = {"config": asdict(cfg), "step": step, **({"metrics": metrics} if metrics else {})}
+        meta["training"] = {"config": asdict(cfg), "step": step, "elapsed_s": elapsed(),
+                            **({"metrics": metrics} if metrics else {})}
         save_checkpoint(path, task.model_name, task.model_config, model.state_dict(), meta,
                         optimizer=opt.state_dict() if with_optimizer else None, step=step)
 
@@ -126,14 +139,25 @@ def train(
     bar = tqdm(range(start, cfg.steps), initial=start, total=cfg.steps, disable=not cfg.progress,
                desc=task.model_name, dynamic_ncols=True)
     loss_value, t0, metrics = float("nan"), time.perf_counter(), {}
+
+    def elapsed() -> float:
+        return elapsed_before + time.perf_counter() - t0
+
+    done = start
     model.train()
     for step in bar:
-        lr = _lr(step, cfg)
+        if cfg.time_budget_s > 0 and elapsed() >= cfg.time_budget_s:
+            log.info("time budget of %.0f s reached at step %d of %d", cfg.time_budget_s, step, cfg.steps)
+            break
+        lr = _lr(step, cfg, elapsed())
         for group in opt.param_groups:
             group["lr"] = lr
         batch = next(batches)
+        torch.manual_seed(_step_seed(cfg.seed, step))
         with torch.autocast(device_type=device.type, dtype=torch.float16, enabled=use_amp):
             loss, scalars = task.loss(model, batch, device)
+        if not torch.isfinite(loss.detach()):
+            raise FloatingPointError(f"loss is {float(loss.detach())} at step {step}; lower the learning rate")
         opt.zero_grad(set_to_none=True)
         scaler.scale(loss).backward()
         if cfg.grad_clip > 0:
@@ -142,8 +166,6 @@ def train(
         scaler.step(opt)
         scaler.update()
         loss_value = float(loss.detach())
-        if not torch.isfinite(loss.detach()):
-            raise FloatingPointError(f"loss is {loss_value} at step {step}; lower the learning rate")
         if step % cfg.log_every == 0 or step == cfg.steps - 1:
             bar.set_postfix(loss=f"{loss_value:.4g}", lr=f"{lr:.2e}")
             if writer is not None:
@@ -159,12 +181,12 @@ def train(
             save(last_path, done, with_optimizer=True)
     bar.close()
     if evaluate is not None:
-        metrics = _run_eval(evaluate, model, device, writer, cfg.steps)
-    save(last_path, cfg.steps, with_optimizer=True, metrics=metrics)
+        metrics = _run_eval(evaluate, model, device, writer, done)
+    save(last_path, done, with_optimizer=True, metrics=metrics)
     model_path = out / "model.pt"
-    save(model_path, cfg.steps, with_optimizer=False, metrics=metrics)
-    result = {"step": cfg.steps, "final_loss": loss_value, "eval": metrics, "checkpoint": str(model_path),
-              "seconds": time.perf_counter() - t0, "device": str(device)}
+    save(model_path, done, with_optimizer=False, metrics=metrics)
+    result = {"step": done, "final_loss": loss_value, "eval": metrics, "checkpoint": str(model_path),
+              "seconds": time.perf_counter() - t0, "elapsed_s": elapsed(), "device": str(device)}
     atomic_write(out / "result.json", lambda tmp: Path(tmp).write_text(json.dumps(result, indent=2)))
     if writer is not None:
         writer.close()

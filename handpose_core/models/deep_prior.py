@@ -1,0 +1,296 @@
+"""DeepPrior (Oberweger et al. 2015) and DeepPrior++ (2017): depth crop -> 3D joints through a pose prior.
+
+Input:  (N, 1, 128, 128) float32 normalized depth crop in [-1, 1] (see
+        :class:`handpose_core.codecs.depth_crop.DepthCropCodec`).
+Output: (N, J, 3) float32 joints in *normalized uvd* of the crop's cube (u, v, d in about [-1, 1]).
+
+Layout::
+
+    features:  a CNN -> (N, F) feature vector                       (forward_features)
+    head:      FC layers -> linear bottleneck of k units (k = 30)     (forward_head ...)
+               -> PCA layer: mean + basis @ b, (J*3) -> (N, J, 3)     (... returns joints)
+
+The PCA layer is a linear layer initialised from the principal components of the training poses
+(:func:`fit_pca`, loaded with :func:`load_pca`); it is frozen unless ``finetune_pca`` is set, so
+the network can only output poses inside the k-dimensional pose prior.
+
+Registered variants:
+
+- ``deep_prior_seed``: the seed notebook's network, layer for layer: three 5x5 'valid' convs of 8
+  filters (max-pool 2 after the first two), LeakyReLU 0.05 after each (Keras order: conv, pool,
+  activation), FC 1024 ReLU, FC 1024 ReLU, linear bottleneck k, frozen PCA layer. Caffe fillers:
+  conv weights U(-a, a) with a = sqrt(3 / fan_in) (Caffe ``xavier``), FC weights Gaussian with
+  std 0.01, 0.05 and 0.02, biases 0.
+- ``deep_prior_res`` (default): DeepPrior++-style residual network sized for a CPU: a 5x5 stride-2
+  stem and a 2x2 max-pool (128 -> 32 px), four stages of basic residual blocks with batch norm
+  (16, 32, 64, 128 channels; stride 2 between stages, 32 -> 4 px), flatten (or global average
+  pool), FC 512-512 with dropout, bottleneck k = 30, PCA layer.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+
+import numpy as np
+import torch
+from torch import nn
+
+from handpose_core.errors import HandPoseError
+from handpose_core.models import register_model
+
+# -- PCA pose prior ------------------------------------------------------------------------------
+
+
+def fit_pca(poses: np.ndarray, k: int = 30) -> tuple[np.ndarray, np.ndarray]:
+    """Principal components of training poses with numpy SVD.
+
+    poses: (N, J, 3) or (N, J*3) normalized uvd.
+    Returns (mean (J*3,), basis (J*3, k)) float32, basis columns orthonormal, largest variance first.
+    When N < k or J*3 < k, the missing columns are filled with further orthonormal directions so
+    the layer keeps its shape.
+    """
+    x = np.asarray(poses, dtype=np.float64).reshape(len(poses), -1)
+    if x.shape[0] < 1:
+        raise HandPoseError("fit_pca needs at least one pose")
+    dim = x.shape[1]
+    if k > dim:
+        raise HandPoseError(f"bottleneck k={k} is larger than the pose dimension J*3={dim}")
+    mean = x.mean(axis=0)
+    # Eigenvectors of the (dim, dim) scatter matrix: the right singular vectors of the centred data,
+    # without the (N, N) left factor a full SVD would build (12 GB for 40k poses). eigh returns a
+    # complete orthonormal set, so N < k still gives k orthonormal columns.
+    centred = x - mean
+    eigvals, eigvecs = np.linalg.eigh(centred.T @ centred)
+    basis = eigvecs[:, np.argsort(eigvals)[::-1][:k]]
+    return mean.astype(np.float32), np.ascontiguousarray(basis, dtype=np.float32)
+
+
+class PCALayer(nn.Module):
+    """(N, k) bottleneck -> (N, J, 3): ``mean + b @ basis.T``. Frozen unless ``trainable``.
+
+    ``weight`` is the (J*3, k) basis and ``bias`` the (J*3,) mean, as in ``nn.Linear``, so a
+    Keras ``Dense(weights=(eigenvectors, mean))`` maps onto it with ``weight = eigenvectors.T``.
+    Until :func:`load_pca` is called the basis is the first k unit vectors and the mean zero.
+    """
+
+    def __init__(self, k: int, num_joints: int, trainable: bool = False) -> None:
+        super().__init__()
+        dim = num_joints * 3
+        self.num_joints = num_joints
+        self.weight = nn.Parameter(torch.eye(dim, k), requires_grad=trainable)
+        self.bias = nn.Parameter(torch.zeros(dim), requires_grad=trainable)
+
+    def forward(self, b: torch.Tensor) -> torch.Tensor:
+        return nn.functional.linear(b, self.weight, self.bias).view(-1, self.num_joints, 3)
+
+    def project(self, poses: torch.Tensor) -> torch.Tensor:
+        """(N, J, 3) poses -> their projection onto the prior, mean + B B^T (x - mean), (N, J, 3)."""
+        x = poses.reshape(len(poses), -1) - self.bias
+        return self.forward(x @ self.weight)
+
+
+def load_pca(model: nn.Module, mean: np.ndarray, basis: np.ndarray) -> None:
+    """Copy a fitted PCA (mean (J*3,), basis (J*3, k), e.g. from :func:`fit_pca`) into ``model.pca``."""
+    layer: PCALayer = model.pca
+    mean_t = torch.as_tensor(np.asarray(mean, dtype=np.float32)).reshape(-1)
+    basis_t = torch.as_tensor(np.asarray(basis, dtype=np.float32))
+    if tuple(basis_t.shape) != tuple(layer.weight.shape) or mean_t.shape != layer.bias.shape:
+        raise HandPoseError(
+            f"PCA shapes mean {tuple(mean_t.shape)} basis {tuple(basis_t.shape)} do not fit the model's "
+            f"{tuple(layer.bias.shape)} / {tuple(layer.weight.shape)}"
+        )
+    with torch.no_grad():
+        layer.weight.copy_(basis_t)
+        layer.bias.copy_(mean_t)
+
+
+# -- blocks -------------------------------------------------------------------------------------
+
+
+class BasicBlock(nn.Module):
+    """ResNet basic block: conv3x3-BN-ReLU-conv3x3-BN + shortcut (1x1 conv + BN when the shape changes)."""
+
+    def __init__(self, cin: int, cout: int, stride: int = 1) -> None:
+        super().__init__()
+        self.conv1 = nn.Conv2d(cin, cout, 3, stride, 1, bias=False)
+        self.bn1 = nn.BatchNorm2d(cout)
+        self.conv2 = nn.Conv2d(cout, cout, 3, 1, 1, bias=False)
+        self.bn2 = nn.BatchNorm2d(cout)
+        self.act = nn.ReLU(inplace=True)
+        self.shortcut = nn.Identity()
+        if stride != 1 or cin != cout:
+            self.shortcut = nn.Sequential(nn.Conv2d(cin, cout, 1, stride, bias=False), nn.BatchNorm2d(cout))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        y = self.act(self.bn1(self.conv1(x)))
+        y = self.bn2(self.conv2(y))
+        return self.act(y + self.shortcut(x))
+
+
+def _seed_features(input_size: int, channels: Sequence[int], kernel: int, pools: Sequence[bool],
+                   slope: float) -> tuple[nn.Sequential, int]:
+    layers: list[nn.Module] = []
+    cin, size = 1, input_size
+    for cout, pool in zip(channels, pools, strict=True):
+        layers.append(nn.Conv2d(cin, cout, kernel))  # 'valid' padding, as Keras' default
+        size = size - kernel + 1
+        if pool:
+            layers.append(nn.MaxPool2d(2))
+            size //= 2
+        layers.append(nn.LeakyReLU(slope))
+        cin = cout
+    if size < 1:
+        raise HandPoseError(f"input_size {input_size} is too small for the seed network's convs")
+    layers.append(nn.Flatten())
+    return nn.Sequential(*layers), cin * size * size
+
+
+def _res_features(input_size: int, stem_channels: int, channels: Sequence[int], blocks: Sequence[int],
+                  stem_pool: bool) -> tuple[nn.Sequential, int, int]:
+    layers: list[nn.Module] = [
+        nn.Conv2d(1, stem_channels, 5, 2, 2, bias=False), nn.BatchNorm2d(stem_channels), nn.ReLU(inplace=True),
+    ]
+    size = math.ceil(input_size / 2)
+    if stem_pool:
+        layers.append(nn.MaxPool2d(2))
+        size //= 2
+    cin = stem_channels
+    for i, (cout, n) in enumerate(zip(channels, blocks, strict=True)):
+        for j in range(n):
+            stride = 2 if (i > 0 and j == 0) else 1
+            layers.append(BasicBlock(cin, cout, stride))
+            if stride == 2:
+                size = math.ceil(size / 2)
+            cin = cout
+    return nn.Sequential(*layers), cin, size
+
+
+# -- model --------------------------------------------------------------------------------------
+
+
+class DeepPrior(nn.Module):
+    """Depth crop -> (N, J, 3) normalized uvd through a k-dimensional PCA pose prior.
+
+    backbone:      'seed' (the notebook's 3-conv net) or 'res' (DeepPrior++-style residual net).
+    num_joints:    J (21 for the synthetic HAND21 layout, 14 for NYU).
+    bottleneck:    k, the number of PCA components (seed notebook: 22; DeepPrior++: 30).
+    input_size:    side of the square crop (the codec's ``size``).
+    fc:            widths of the FC layers before the bottleneck.
+    dropout:       dropout after each FC layer (0 = off).
+    finetune_pca:  train the PCA layer too (it stays initialised from the PCA).
+    seed_*:        conv widths / kernel / pool-after flags / LeakyReLU slope of the seed backbone.
+    stem_channels, channels, blocks, stem_pool, pool: the residual backbone; ``pool`` = 'flatten'
+                   keeps the 4x4 spatial layout for the FC head (positions matter for regression),
+                   'avg' global-average-pools it.
+    """
+
+    def __init__(
+        self,
+        backbone: str = "res",
+        num_joints: int = 21,
+        bottleneck: int = 30,
+        input_size: int = 128,
+        fc: Sequence[int] = (512, 512),
+        dropout: float = 0.3,
+        finetune_pca: bool = False,
+        seed_channels: Sequence[int] = (8, 8, 8),
+        seed_kernel: int = 5,
+        seed_pools: Sequence[bool] = (True, True, False),
+        seed_slope: float = 0.05,
+        stem_channels: int = 16,
+        channels: Sequence[int] = (16, 32, 64, 128),
+        blocks: Sequence[int] = (1, 1, 1, 1),
+        stem_pool: bool = True,
+        pool: str = "flatten",
+    ) -> None:
+        super().__init__()
+        self.backbone = backbone
+        self.num_joints = num_joints
+        self.input_size = input_size
+        if backbone == "seed":
+            self.features, feat_dim = _seed_features(input_size, seed_channels, seed_kernel, seed_pools, seed_slope)
+        elif backbone == "res":
+            body, cout, size = _res_features(input_size, stem_channels, channels, blocks, stem_pool)
+            if pool == "flatten":
+                self.features, feat_dim = nn.Sequential(*body, nn.Flatten()), cout * size * size
+            elif pool == "avg":
+                self.features, feat_dim = nn.Sequential(*body, nn.AdaptiveAvgPool2d(1), nn.Flatten()), cout
+            else:
+                raise HandPoseError(f"unknown pool {pool!r} (flatten, avg)")
+        else:
+            raise HandPoseError(f"unknown DeepPrior backbone {backbone!r} (seed, res)")
+        head: list[nn.Module] = []
+        cin = feat_dim
+        for width in fc:
+            head += [nn.Linear(cin, width), nn.ReLU(inplace=True)]
+            if dropout > 0:
+                head.append(nn.Dropout(dropout))
+            cin = width
+        self.fc = nn.Sequential(*head)
+        self.bottleneck = nn.Linear(cin, bottleneck)
+        self.pca = PCALayer(bottleneck, num_joints, trainable=finetune_pca)
+        self._init_weights()
+
+    def _init_weights(self) -> None:
+        if self.backbone == "seed":
+            # Caffe fillers of the seed notebook: xavier U(-sqrt(3/fan_in), +) for convs, Gaussian FCs.
+            for m in self.features.modules():
+                if isinstance(m, nn.Conv2d):
+                    fan_in = m.in_channels * m.kernel_size[0] * m.kernel_size[1]
+                    a = math.sqrt(3.0 / fan_in)
+                    nn.init.uniform_(m.weight, -a, a)
+                    nn.init.zeros_(m.bias)
+            stds = [0.01, 0.05]
+            linears = [m for m in self.fc.modules() if isinstance(m, nn.Linear)]
+            for i, m in enumerate(linears):
+                nn.init.normal_(m.weight, 0.0, stds[min(i, len(stds) - 1)])
+                nn.init.zeros_(m.bias)
+            nn.init.normal_(self.bottleneck.weight, 0.0, 0.02)
+            nn.init.zeros_(self.bottleneck.bias)
+            return
+        for m in self.modules():
+            if isinstance(m, nn.Conv2d):
+                nn.init.kaiming_normal_(m.weight, mode="fan_out", nonlinearity="relu")
+            elif isinstance(m, nn.BatchNorm2d):
+                nn.init.ones_(m.weight)
+                nn.init.zeros_(m.bias)
+        for m in self.fc.modules():
+            if isinstance(m, nn.Linear):
+                nn.init.kaiming_uniform_(m.weight, nonlinearity="relu")
+                nn.init.zeros_(m.bias)
+        # start at the mean pose: small bottleneck outputs
+        nn.init.normal_(self.bottleneck.weight, 0.0, 1e-3)
+        nn.init.zeros_(self.bottleneck.bias)
+
+    def forward_features(self, x: torch.Tensor) -> torch.Tensor:
+        """(N, 1, S, S) crop -> (N, F) features."""
+        return self.features(x)
+
+    def forward_embedding(self, features: torch.Tensor) -> torch.Tensor:
+        """(N, F) features -> (N, k) bottleneck (PCA coefficients)."""
+        return self.bottleneck(self.fc(features))
+
+    def forward_head(self, features: torch.Tensor) -> torch.Tensor:
+        """(N, F) features -> (N, J, 3) normalized uvd."""
+        return self.pca(self.forward_embedding(features))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.forward_head(self.forward_features(x))
+
+
+# -- factories ----------------------------------------------------------------------------------
+
+
+@register_model("deep_prior_seed")
+def deep_prior_seed(num_joints: int = 21, bottleneck: int = 30, input_size: int = 128, **kwargs) -> DeepPrior:
+    """The seed notebook's network (k was 22 there for 14 NYU joints x 2; set ``bottleneck`` to match)."""
+    kwargs.setdefault("fc", (1024, 1024))
+    kwargs.setdefault("dropout", 0.0)
+    return DeepPrior(backbone="seed", num_joints=num_joints, bottleneck=bottleneck, input_size=input_size, **kwargs)
+
+
+@register_model("deep_prior_res")
+def deep_prior_res(num_joints: int = 21, bottleneck: int = 30, input_size: int = 128, **kwargs) -> DeepPrior:
+    """The default: residual CPU-sized DeepPrior++ (see the module docstring)."""
+    return DeepPrior(backbone="res", num_joints=num_joints, bottleneck=bottleneck, input_size=input_size, **kwargs)

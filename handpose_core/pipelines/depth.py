@@ -1,0 +1,183 @@
+"""Depth pipeline (DeepPrior): depth frame -> crop (codec) -> model -> decode (codec) -> HandPose.
+
+The same :class:`~handpose_core.codecs.depth_crop.DepthCropCodec` that made the training labels
+decodes the predictions, with the codec settings recorded in the checkpoint (``meta['codec']``).
+
+Per-joint confidence (DeepPrior has no score of its own): 1.0 for a joint predicted inside the
+crop's cube, falling linearly to 0.0 at 1.5 cube half-widths from the centre along the worst of
+u, v, d. A hand the model cannot explain tends to push joints out of the cube; a normal
+prediction has every joint at 1.0.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Any
+
+import cv2
+import numpy as np
+import torch
+
+from handpose_core.camera import Intrinsics
+from handpose_core.checkpoint import save_checkpoint
+from handpose_core.codecs.depth_crop import DepthCropCodec, NoHandError, depth_to_mm
+from handpose_core.errors import HandPoseError
+from handpose_core.estimator import HandPose
+from handpose_core.keypoints import HAND21, KeypointLayout, layout_for
+from handpose_core.models import create_model
+
+_DTYPES = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}
+
+
+def joint_confidence(uvd_norm: np.ndarray) -> np.ndarray:
+    """(J, 3) normalized uvd -> (J,) float32 in [0, 1]: 1 inside the cube, 0 at 1.5x its half-width."""
+    worst = np.abs(np.asarray(uvd_norm, dtype=np.float32)).max(axis=1)
+    return np.clip((1.5 - worst) / 0.5, 0.0, 1.0).astype(np.float32)
+
+
+class DepthPipeline:
+    """A DeepPrior checkpoint blob, ready for inference on ``device`` at ``precision``."""
+
+    def __init__(self, blob: dict[str, Any], device: torch.device, precision: str = "fp32") -> None:
+        meta = blob["meta"]
+        if precision not in _DTYPES:
+            raise HandPoseError(f"unknown precision {precision!r}; use fp32, fp16 or bf16")
+        if precision != "fp32" and device.type != "cuda":
+            raise HandPoseError(f"precision {precision} needs a CUDA device, got {device}")
+        try:
+            self.codec = DepthCropCodec(**meta.get("codec", {}))
+        except TypeError as exc:
+            raise HandPoseError(f"checkpoint codec settings are not valid: {exc}") from exc
+        self.joint_names = tuple(meta["joint_names"])
+        self.layout = layout_for(self.joint_names)
+        model = create_model(blob["model"]["name"], **blob["model"]["config"])
+        try:
+            model.load_state_dict(blob["state_dict"])
+        except RuntimeError as exc:
+            raise HandPoseError(f"checkpoint weights do not fit {blob['model']['name']}: {exc}") from exc
+        self.dtype = _DTYPES[precision]
+        self.device = device
+        self.model = model.to(device=device, dtype=self.dtype).eval()
+
+    def predict(self, image: np.ndarray, intrinsics: Intrinsics | None, depth: np.ndarray | None = None
+                ) -> list[HandPose]:
+        """(H, W) uint16 mm or float32 m depth -> [HandPose] (one hand) or [] when nothing is in range.
+
+        NaN/inf/negative depth counts as no data. ``depth`` (an aligned extra image) is unused: the
+        image itself is the depth. Raises HandPoseError for a wrong dtype/shape or no intrinsics.
+        """
+        if not isinstance(image, np.ndarray):
+            raise HandPoseError(f"depth image must be a numpy array, got {type(image).__name__}")
+        if image.ndim != 2:
+            raise HandPoseError(
+                f"this is a depth model: image must be (H, W) uint16 mm or float32 m, got shape {image.shape}"
+            )
+        if image.dtype not in (np.uint16, np.float32, np.float64):
+            raise HandPoseError(f"depth image must be uint16 (mm) or float32 (m), got dtype {image.dtype}")
+        if intrinsics is None:
+            raise HandPoseError("a depth model needs camera intrinsics (fx, fy, cx, cy)")
+        try:
+            crop = self.codec.encode(image, intrinsics)
+        except NoHandError:
+            return []
+        x = torch.from_numpy(crop.image)[None, None].to(device=self.device, dtype=self.dtype)
+        with torch.inference_mode():
+            uvd = self.model(x)[0].float().cpu().numpy()
+        xyz_m = self.codec.decode_joints(uvd, crop)
+        uv_px = self.codec.decode_uv(uvd, crop)
+        half_px = (self.codec.size - 1) / 2.0
+        crop_uv = (uvd[:, :2] * (self.codec.size / 2.0) + half_px).astype(np.float32)
+        extras = {"crop": crop.image, "crop_uv": crop_uv, "uvd_norm": uvd,
+                  "com_xyz_m": (crop.com_xyz_mm / 1000.0).astype(np.float32)}
+        return [HandPose(uv_px, xyz_m, joint_confidence(uvd), self.joint_names, crop.box_px, extras)]
+
+    def debug_image(self, image: np.ndarray, poses: list[HandPose], scale: int = 3) -> np.ndarray:
+        """(S*scale, S*scale, 3) uint8 RGB: the first hand's normalized crop with its skeleton.
+
+        Without a hand: the input depth, min-max normalized, at the same size, marked "no hand".
+        """
+        size = self.codec.size * scale
+        if poses and "crop" in poses[0].extras:
+            pose = poses[0]
+            return draw_crop(pose.extras["crop"], pose.extras["crop_uv"], self.layout, scale)
+        canvas = np.zeros((size, size, 3), np.uint8)
+        if isinstance(image, np.ndarray) and image.ndim == 2 and image.size:
+            mm = depth_to_mm(image) if image.dtype in (np.uint16, np.float32, np.float64) else None
+            if mm is not None and np.any(mm > 0):
+                valid = mm > 0
+                lo, hi = float(mm[valid].min()), float(mm[valid].max())
+                gray = np.where(valid, 255.0 * (1.0 - (mm - lo) / max(hi - lo, 1.0)), 0.0).astype(np.uint8)
+                h, w = gray.shape
+                f = size / max(h, w)
+                gray = cv2.resize(gray, (max(1, int(w * f)), max(1, int(h * f))), interpolation=cv2.INTER_NEAREST)
+                canvas[: gray.shape[0], : gray.shape[1]] = gray[..., None]
+        cv2.putText(canvas, "no hand", (10, 30), cv2.FONT_HERSHEY_SIMPLEX, 0.8, (255, 64, 64), 2)
+        return canvas
+
+
+def draw_crop(crop: np.ndarray, crop_uv: np.ndarray, layout: KeypointLayout, scale: int = 3) -> np.ndarray:
+    """(S, S) normalized crop in [-1, 1] and (J, 2) crop pixels -> (S*scale, S*scale, 3) uint8 RGB.
+
+    Near is bright, the far face and holes are black; bones are coloured per finger.
+    """
+    gray = np.clip((1.0 - crop) * 127.5, 0, 255).astype(np.uint8)
+    size = crop.shape[0] * scale
+    rgb = cv2.cvtColor(cv2.resize(gray, (size, size), interpolation=cv2.INTER_NEAREST), cv2.COLOR_GRAY2RGB)
+    pts = (np.asarray(crop_uv, dtype=np.float64) + 0.5) * scale - 0.5
+    palette = [(255, 80, 80), (255, 200, 0), (80, 220, 80), (0, 180, 255), (200, 90, 255)]
+    for n, (a, b) in enumerate(layout.edges):
+        pa, pb = pts[a], pts[b]
+        if np.all(np.isfinite(pa)) and np.all(np.isfinite(pb)):
+            colour = palette[(n // 4) % len(palette)] if layout.num_joints == 21 else palette[n % len(palette)]
+            cv2.line(rgb, tuple(int(round(c)) for c in pa), tuple(int(round(c)) for c in pb), colour, 2, cv2.LINE_AA)
+    for p in pts:
+        if np.all(np.isfinite(p)):
+            cv2.circle(rgb, tuple(int(round(c)) for c in p), 3, (255, 255, 255), -1, cv2.LINE_AA)
+    return rgb
+
+
+def template_pose(layout: KeypointLayout) -> np.ndarray:
+    """(J, 3) normalized uvd of an open right hand, palm to the camera, fingers up (HAND21), else zeros.
+
+    Used as the mean pose of an untrained checkpoint so its output at least looks like a hand.
+    """
+    if layout.joint_names != HAND21.joint_names:
+        return np.zeros((layout.num_joints, 3), np.float32)
+    pts = [(0.0, 0.55, 0.0)]
+    thumb = [(-0.15, 0.42), (-0.28, 0.28), (-0.38, 0.15), (-0.46, 0.03)]
+    pts += [(u, v, -0.05) for u, v in thumb]
+    for base_u, length in zip((-0.14, 0.0, 0.13, 0.25), (0.62, 0.68, 0.63, 0.5), strict=True):
+        for t in (0.0, 0.45, 0.75, 1.0):
+            pts.append((base_u * (1 + 0.3 * t), 0.05 - length * t, -0.1 * t))
+    return np.asarray(pts, dtype=np.float32)
+
+
+def save_untrained(
+    path: str | os.PathLike,
+    variant: str = "deep_prior_res",
+    joint_names: KeypointLayout | tuple[str, ...] | list[str] = HAND21,
+) -> Path:
+    """Write a small valid *untrained* DeepPrior checkpoint (for tests of the node and tools).
+
+    The PCA layer is the identity basis around :func:`template_pose`, so the untrained output is
+    about that template. Returns the path.
+    """
+    names = joint_names.joint_names if isinstance(joint_names, KeypointLayout) else tuple(joint_names)
+    layout = layout_for(names)
+    codec = DepthCropCodec()
+    config = {"num_joints": len(names), "bottleneck": min(30, 3 * len(names)), "input_size": codec.size}
+    torch.manual_seed(0)
+    model = create_model(variant, **config)
+    with torch.no_grad():
+        model.pca.bias.copy_(torch.from_numpy(template_pose(layout).reshape(-1)))
+    meta = {
+        "modality": "depth",
+        "joint_names": list(names),
+        "codec": codec.to_config(),
+        "pca": {"k": config["bottleneck"], "source": "identity basis around a template pose (untrained)"},
+        "provenance": {"untrained": True, "command": "handpose_core.pipelines.depth.save_untrained"},
+    }
+    path = Path(path)
+    save_checkpoint(path, variant, config, model.state_dict(), meta)
+    return path

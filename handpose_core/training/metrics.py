@@ -1,0 +1,102 @@
+"""3D pose metrics as in the DeepPrior papers: mean joint error, per-joint error, worst-joint curve.
+
+All functions take joints in the same metric unit (mm here) and frame: (N, J, 3) predictions and
+ground truth. NaN ground-truth joints (unknown) are left out of the means and do not count as the
+worst joint of a frame.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import cv2
+import numpy as np
+
+
+def joint_errors(pred: np.ndarray, gt: np.ndarray) -> np.ndarray:
+    """(N, J, 3), (N, J, 3) -> (N, J) Euclidean distance per joint (NaN where gt is NaN)."""
+    pred = np.asarray(pred, dtype=np.float64)
+    gt = np.asarray(gt, dtype=np.float64)
+    if pred.shape != gt.shape or pred.ndim != 3 or pred.shape[-1] != 3:
+        raise ValueError(f"pred and gt must both be (N, J, 3), got {pred.shape} and {gt.shape}")
+    return np.linalg.norm(pred - gt, axis=-1)
+
+
+def fraction_within(errors: np.ndarray, thresholds: Sequence[float]) -> np.ndarray:
+    """(N, J) errors -> (len(thresholds),) fraction of frames whose *worst* joint is within each threshold."""
+    worst = np.nanmax(errors, axis=1)
+    thresholds = np.asarray(thresholds, dtype=np.float64)
+    return (worst[None, :] <= thresholds[:, None]).mean(axis=1)
+
+
+def pose_metrics(pred_mm: np.ndarray, gt_mm: np.ndarray, joint_names: Sequence[str] | None = None,
+                 max_threshold_mm: int = 80) -> dict:
+    """Summary of (N, J, 3) mm predictions against ground truth; plain Python, JSON-ready.
+
+    Keys: ``n_frames``, ``mean_error_mm`` (over all joints and frames), ``median_error_mm``,
+    ``mean_worst_error_mm`` (per-frame maximum, averaged), ``per_joint_mm`` {name: mean},
+    ``thresholds_mm`` [0..max], ``fraction_within`` (worst joint <= d, one per threshold),
+    ``frames_within_20mm/40mm/80mm``.
+    """
+    errors = joint_errors(pred_mm, gt_mm)
+    names = list(joint_names) if joint_names is not None else [str(j) for j in range(errors.shape[1])]
+    thresholds = list(range(0, max_threshold_mm + 1))
+    curve = fraction_within(errors, thresholds)
+    worst = np.nanmax(errors, axis=1)
+    return {
+        "n_frames": int(errors.shape[0]),
+        "mean_error_mm": float(np.nanmean(errors)),
+        "median_error_mm": float(np.nanmedian(errors)),
+        "mean_worst_error_mm": float(np.mean(worst)),
+        "per_joint_mm": {n: float(v) for n, v in zip(names, np.nanmean(errors, axis=0), strict=True)},
+        "thresholds_mm": thresholds,
+        "fraction_within": [float(f) for f in curve],
+        "frames_within_20mm": float((worst <= 20).mean()),
+        "frames_within_40mm": float((worst <= 40).mean()),
+        "frames_within_80mm": float((worst <= 80).mean()),
+    }
+
+
+def plot_curves(curves: dict[str, tuple[Sequence[float], Sequence[float]]], title: str = "",
+                size: tuple[int, int] = (720, 480)) -> np.ndarray:
+    """Draw "fraction of frames with worst joint within d" curves with OpenCV (no matplotlib).
+
+    curves: {label: (thresholds_mm, fractions)}. Returns (H, W, 3) uint8 BGR, ready for cv2.imwrite.
+    """
+    w, h = size
+    left, right, top, bottom = 70, 20, 40, 60
+    img = np.full((h, w, 3), 255, np.uint8)
+    x_max = max(max(t) for t, _ in curves.values()) if curves else 80
+    pw, ph = w - left - right, h - top - bottom
+
+    def to_px(x: float, y: float) -> tuple[int, int]:
+        return int(round(left + pw * x / x_max)), int(round(top + ph * (1.0 - y)))
+
+    grey, black = (210, 210, 210), (0, 0, 0)
+    font = cv2.FONT_HERSHEY_SIMPLEX
+    for i in range(11):  # grid + y ticks every 10 %
+        y = i / 10
+        cv2.line(img, to_px(0, y), to_px(x_max, y), grey, 1)
+        cv2.putText(img, f"{i * 10}", (left - 35, to_px(0, y)[1] + 5), font, 0.45, black, 1, cv2.LINE_AA)
+    for x in range(0, int(x_max) + 1, 10):
+        cv2.line(img, to_px(x, 0), to_px(x, 1), grey, 1)
+        cv2.putText(img, f"{x}", (to_px(x, 0)[0] - 8, top + ph + 20), font, 0.45, black, 1, cv2.LINE_AA)
+    cv2.rectangle(img, to_px(0, 1), to_px(x_max, 0), black, 1)
+    cv2.putText(img, "distance threshold d (mm)", (left + pw // 2 - 110, h - 15), font, 0.55, black, 1, cv2.LINE_AA)
+    label_y = "frames with worst joint within d (%)"
+    ylab = np.full((24, 330, 3), 255, np.uint8)
+    cv2.putText(ylab, label_y, (2, 17), font, 0.5, black, 1, cv2.LINE_AA)
+    ylab = cv2.rotate(ylab, cv2.ROTATE_90_COUNTERCLOCKWISE)
+    y0 = max(0, top + ph // 2 - ylab.shape[0] // 2)
+    img[y0 : y0 + ylab.shape[0], 4 : 4 + ylab.shape[1]] = ylab[: h - y0]
+    if title:
+        cv2.putText(img, title, (left, 25), font, 0.6, black, 1, cv2.LINE_AA)
+    colours = [(200, 80, 0), (0, 120, 230), (40, 160, 40), (30, 30, 200), (150, 60, 150)]
+    for n, (label, (xs, ys)) in enumerate(curves.items()):
+        colour = colours[n % len(colours)]
+        pts = np.array([to_px(x, y) for x, y in zip(xs, ys, strict=True)], np.int32)
+        cv2.polylines(img, [pts], False, colour, 2, cv2.LINE_AA)
+        ly = top + ph - 20 - 22 * (len(curves) - 1 - n)
+        cv2.line(img, (left + pw - 250, ly - 5), (left + pw - 220, ly - 5), colour, 2)
+        cv2.putText(img, label, (left + pw - 212, ly), font, 0.45, black, 1, cv2.LINE_AA)
+    return img

@@ -1,0 +1,182 @@
+"""DeepPrior: PCA prior, every variant trains, checkpoints round-trip, the estimator never crashes."""
+
+import numpy as np
+import pytest
+import torch
+
+from handpose_core import HandPoseError, HandPoseEstimator
+from handpose_core.camera import Intrinsics
+from handpose_core.checkpoint import load_checkpoint, save_checkpoint
+from handpose_core.codecs.depth_crop import DepthCropCodec
+from handpose_core.data.synthetic import SynthConfig, SyntheticHands
+from handpose_core.models import create_model, list_models
+from handpose_core.models.deep_prior import fit_pca, load_pca
+from handpose_core.pipelines.depth import save_untrained
+from handpose_core.training.deep_prior_task import DeepPriorTask, augment, recipe
+
+DEEP_PRIOR_MODELS = [m for m in list_models() if m.startswith("deep_prior")]
+CAMERA = Intrinsics(475.0, 475.0, 319.5, 239.5)
+
+
+def test_registry_has_both_variants():
+    assert {"deep_prior_seed", "deep_prior_res"} <= set(DEEP_PRIOR_MODELS)
+
+
+def test_pca_layer_reproduces_the_projection_of_training_poses():
+    rng = np.random.default_rng(0)
+    poses = rng.normal(size=(500, 21, 3)) @ rng.normal(size=(3, 3)) * 0.3  # correlated, full rank
+    mean, basis = fit_pca(poses, k=30)
+    assert basis.shape == (63, 30)
+    np.testing.assert_allclose(basis.T @ basis, np.eye(30), atol=1e-5)
+    model = create_model("deep_prior_res", num_joints=21, bottleneck=30)
+    load_pca(model, mean, basis)
+    x = torch.from_numpy(poses.astype(np.float32))
+    flat = poses.reshape(500, -1)
+    expected = mean + (flat - mean) @ basis @ basis.T
+    np.testing.assert_allclose(model.pca.project(x).reshape(500, -1).numpy(), expected, atol=1e-4)
+    # the top-k components keep the most variance: better than any other k-subspace we try
+    residual = np.linalg.norm(flat - expected)
+    other = np.linalg.qr(rng.normal(size=(63, 30)))[0]
+    assert residual < np.linalg.norm(flat - (mean + (flat - mean) @ other @ other.T))
+
+
+@pytest.mark.parametrize("name", DEEP_PRIOR_MODELS)
+@pytest.mark.parametrize("finetune_pca", [False, True])
+def test_every_variant_trains_one_step_with_gradients_everywhere(name, finetune_pca):
+    torch.manual_seed(0)
+    model = create_model(name, num_joints=21, bottleneck=30, finetune_pca=finetune_pca)
+    model.train()
+    x = torch.rand(4, 1, 128, 128) * 2 - 1
+    y = torch.rand(4, 21, 3) - 0.5
+    out = model(x)
+    assert out.shape == (4, 21, 3) and torch.isfinite(out).all()
+    loss = ((out - y) ** 2).mean()
+    loss.backward()
+    for pname, p in model.named_parameters():
+        if p.requires_grad:
+            assert p.grad is not None and torch.isfinite(p.grad).all() and p.grad.abs().sum() > 0, pname
+        else:
+            assert pname.startswith("pca.") and not finetune_pca, pname
+    assert model.pca.weight.requires_grad == finetune_pca
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    opt = torch.optim.SGD([p for p in model.parameters() if p.requires_grad], lr=0.1)
+    opt.step()
+    assert not torch.equal(before["bottleneck.weight"], model.state_dict()["bottleneck.weight"])
+    assert torch.equal(before["pca.weight"], model.state_dict()["pca.weight"]) != finetune_pca
+
+
+def test_checkpoint_round_trip_weights_only(tmp_path):
+    path = save_untrained(tmp_path / "dp.pt")
+    blob = torch.load(path, weights_only=True)  # no pickled classes
+    assert blob["meta"]["modality"] == "depth" and len(blob["meta"]["joint_names"]) == 21
+    model = create_model(blob["model"]["name"], **blob["model"]["config"]).eval()
+    model.load_state_dict(blob["state_dict"])
+    x = torch.rand(2, 1, 128, 128)
+    save_checkpoint(tmp_path / "again.pt", blob["model"]["name"], blob["model"]["config"], model.state_dict(),
+                    blob["meta"])
+    again = load_checkpoint(tmp_path / "again.pt")
+    model2 = create_model(again["model"]["name"], **again["model"]["config"]).eval()
+    model2.load_state_dict(again["state_dict"])
+    with torch.no_grad():
+        assert torch.equal(model(x), model2(x))
+
+
+def test_corrupt_checkpoint_is_a_clear_error(tmp_path):
+    bad = tmp_path / "bad.pt"
+    bad.write_bytes(b"not a checkpoint")
+    with pytest.raises(HandPoseError, match="not readable"):
+        HandPoseEstimator.from_checkpoint(bad, device="cpu")
+    with pytest.raises(HandPoseError, match="not found"):
+        HandPoseEstimator.from_checkpoint(tmp_path / "missing.pt", device="cpu")
+
+
+@pytest.fixture(scope="module")
+def estimator(tmp_path_factory):
+    return HandPoseEstimator.from_checkpoint(save_untrained(tmp_path_factory.mktemp("ck") / "dp.pt"), device="cpu")
+
+
+def test_estimator_output_contract(estimator):
+    sample = SyntheticHands(SynthConfig(render_rgb=False), seed=3)[0]
+    poses = estimator.predict(sample.depth_mm, sample.intrinsics)
+    assert len(poses) == 1
+    p = poses[0]
+    assert p.uv_px.shape == (21, 2) and p.xyz_m.shape == (21, 3) and p.confidence.shape == (21,)
+    assert p.uv_px.dtype == np.float32 and p.xyz_m.dtype == np.float32
+    assert p.joint_names == estimator.joint_names
+    # 2D and 3D agree through the camera
+    np.testing.assert_allclose(sample.intrinsics.project(p.xyz_m), p.uv_px, atol=0.05)
+    assert np.all((p.confidence >= 0) & (p.confidence <= 1))
+    debug = estimator.debug_image(sample.depth_mm, poses)
+    assert debug.ndim == 3 and debug.shape[2] == 3 and debug.dtype == np.uint8
+
+
+@pytest.mark.parametrize("depth", [
+    np.zeros((480, 640), np.uint16),                      # all zero
+    np.full((480, 640), 5000, np.uint16),                 # nothing in range
+    np.full((480, 640), np.nan, np.float32),              # NaN everywhere
+    np.full((480, 640), np.inf, np.float32),              # inf everywhere
+])
+def test_no_hand_is_an_explicit_empty_result(estimator, depth):
+    assert estimator.predict(depth, CAMERA) == []
+
+
+def test_nan_inf_pixels_inside_a_real_frame_are_ignored(estimator):
+    sample = SyntheticHands(SynthConfig(render_rgb=False), seed=3)[1]
+    depth_m = sample.depth_mm.astype(np.float32) / 1000.0
+    depth_m[depth_m == 0] = np.nan
+    depth_m[::7, ::5] = np.inf
+    poses = estimator.predict(depth_m, sample.intrinsics)
+    assert len(poses) == 1 and np.isfinite(poses[0].xyz_m).all()
+
+
+@pytest.mark.parametrize("image, intrinsics, message", [
+    (np.zeros((480, 640, 3), np.uint8), CAMERA, "depth model"),
+    (np.zeros((480, 640), np.int32), CAMERA, "dtype"),
+    (np.zeros((480, 640), np.uint16), None, "intrinsics"),
+    (np.zeros((0, 640), np.uint16), CAMERA, "empty"),
+    ([[1, 2], [3, 4]], CAMERA, "numpy"),
+    (np.zeros((480, 640), np.uint16), (0.0, 475.0, 320.0, 240.0), "focal"),
+])
+def test_bad_input_raises_one_documented_error(estimator, image, intrinsics, message):
+    with pytest.raises(HandPoseError, match=message):
+        estimator.predict(image, intrinsics)
+
+
+def test_augmentation_moves_labels_with_the_image():
+    """After augmentation, joints still sit on the hand: the crop at a joint's pixel is foreground and
+    its depth matches the joint's normalized depth about as well as before."""
+    gen = SyntheticHands(SynthConfig(render_rgb=False, clutter_prob=0.0, background_prob=0.0), seed=5)
+    codec = DepthCropCodec()
+    crops, labels = [], []
+    for i in range(16):
+        s = gen[i]
+        crop = codec.encode(s.depth_mm, s.intrinsics, com_xyz_mm=s.xyz_m.mean(0) * 1000)
+        crops.append(crop.image)
+        labels.append(codec.encode_joints(s.xyz_m, crop))
+    x = torch.from_numpy(np.stack(crops))[:, None]
+    y = torch.from_numpy(np.stack(labels))
+
+    def on_hand(img, lab):
+        px = (lab[..., :2] * 64 + 63.5).round().long().clamp(0, 127)
+        vals = img[torch.arange(len(img))[:, None], 0, px[..., 1], px[..., 0]]
+        fg = vals < 0.99
+        return fg.float().mean().item(), (vals - lab[..., 2])[fg].abs().median().item()
+
+    fg0, dd0 = on_hand(x, y)
+    xa, ya = augment(x, y, np.random.default_rng(1), rot_deg=180, scale=0.2, shift=0.1)
+    fg1, dd1 = on_hand(xa, ya)
+    assert xa.shape == x.shape and ya.shape == y.shape
+    assert fg1 > fg0 - 0.05 and dd1 < dd0 * 1.5 + 0.01
+    assert not torch.allclose(ya, y)
+
+
+def test_task_batches_are_deterministic_by_step():
+    rng = np.random.default_rng(0)
+    crops = rng.uniform(-1, 1, (50, 128, 128)).astype(np.float16)
+    labels = rng.normal(size=(50, 63)).astype(np.float32) * 0.3
+    task = DeepPriorTask(recipe("default"), crops, labels, DepthCropCodec())
+    a = task.batches(0, 8, seed=3)
+    next(a)
+    b_step1 = next(a)
+    c_step1 = next(task.batches(1, 8, seed=3))
+    assert torch.equal(b_step1[0], c_step1[0]) and torch.equal(b_step1[1], c_step1[1])

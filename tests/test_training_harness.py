@@ -1,0 +1,75 @@
+"""The shared training harness: resume reproduces an uninterrupted run; LR policies are the documented ones."""
+
+import json
+
+import numpy as np
+import pytest
+import torch
+
+from handpose_core.checkpoint import load_checkpoint
+from handpose_core.codecs.depth_crop import DepthCropCodec
+from handpose_core.training.deep_prior_task import DeepPriorTask, recipe
+from handpose_core.training.harness import TrainConfig, train
+from handpose_core.training.lr import lr_at
+
+
+def _task():
+    rng = np.random.default_rng(0)
+    crops = rng.uniform(-1, 1, (40, 128, 128)).astype(np.float16)
+    labels = (rng.normal(size=(40, 63)) * 0.3).astype(np.float32)
+    rcp = recipe("default")
+    rcp.model_config = {"fc": (32, 32), "dropout": 0.0}
+    return DeepPriorTask(rcp, crops, labels, DepthCropCodec())
+
+
+def _cfg(out, steps, resume=False):
+    # A fixed LR: with cosine the 2-step run's schedule would differ from the 4-step one's by design.
+    return TrainConfig(steps=steps, batch_size=4, lr=1e-3, lr_policy="fixed", out_dir=str(out), resume=resume,
+                       ckpt_every=2,
+                       tensorboard=False, progress=False, device="cpu")
+
+
+def test_resume_equals_uninterrupted_run(tmp_path):
+    torch.set_num_threads(1)
+    train(_task(), _cfg(tmp_path / "a", 4))
+    train(_task(), _cfg(tmp_path / "b", 2))
+    result = train(_task(), _cfg(tmp_path / "b", 4, resume=True))
+    a = load_checkpoint(tmp_path / "a" / "model.pt")["state_dict"]
+    b = load_checkpoint(tmp_path / "b" / "model.pt")["state_dict"]
+    assert a.keys() == b.keys()
+    for k in a:
+        torch.testing.assert_close(a[k], b[k], msg=k)
+    assert result["step"] == 4
+    assert json.loads((tmp_path / "b" / "result.json").read_text())["step"] == 4
+
+
+def test_checkpoint_meta_records_recipe_and_training(tmp_path):
+    train(_task(), _cfg(tmp_path / "c", 2))
+    blob = torch.load(tmp_path / "c" / "model.pt", weights_only=True)
+    assert blob["meta"]["modality"] == "depth"
+    assert blob["meta"]["training"]["config"]["steps"] == 2
+    assert "optimizer" not in blob
+    assert "optimizer" in torch.load(tmp_path / "c" / "last.pt", weights_only=True)
+
+
+def test_caffe_inv_policy_matches_the_formula():
+    for step in (0, 1, 100, 40000):
+        expected = 5e-6 * (1 + 1e-4 * step) ** -0.75
+        assert lr_at(step, 5e-6, "inv", gamma=1e-4, power=0.75) == pytest.approx(expected, rel=1e-12)
+
+
+def test_cosine_policy_warms_up_and_decays():
+    lrs = [lr_at(s, 1e-3, "cosine", total_steps=100, warmup_steps=10) for s in range(100)]
+    assert lrs[0] == pytest.approx(1e-4) and lrs[9] == pytest.approx(1e-3)
+    assert all(a >= b for a, b in zip(lrs[10:], lrs[11:], strict=False))
+    assert lrs[-1] < 1e-4
+    with pytest.raises(ValueError, match="unknown lr policy"):
+        lr_at(0, 1.0, "bogus")
+
+
+def test_seed_recipe_is_the_notebooks():
+    rcp = recipe("seed")
+    assert rcp.model == "deep_prior_seed" and rcp.loss == "caffe_euclidean" and not rcp.augment
+    cfg = rcp.train
+    assert (cfg.optimizer, cfg.lr, cfg.momentum, cfg.lr_policy, cfg.lr_gamma, cfg.lr_power, cfg.batch_size) == (
+        "sgd", 5e-6, 0.9, "inv", 1e-4, 0.75, 64)

@@ -1,0 +1,140 @@
+"""Train DeepPrior (depth -> 3D joints) on synthetic hands, NYU, or a seed-layout HDF5 file.
+
+Examples:
+    python -m training.train_deep_prior --recipe default --time-budget-min 25 --out runs/deep_prior
+    python -m training.train_deep_prior --recipe seed --time-budget-min 10 --out runs/deep_prior_seed
+    python -m training.train_deep_prior --data nyu:/data/nyu/train --device cuda --out runs/nyu
+
+Writes OUT/model.pt (inference checkpoint), OUT/last.pt (resume with --resume), OUT/result.json,
+OUT/tb/ (TensorBoard: `tensorboard --logdir OUT/tb`) and, with --export, a copy of model.pt
+carrying the held-out figures in its metadata.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import shlex
+import shutil
+import sys
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from handpose_core.checkpoint import load_checkpoint, save_checkpoint
+from handpose_core.codecs.depth_crop import DepthCropCodec
+from handpose_core.errors import HandPoseError
+from handpose_core.training.deep_prior_task import DeepPriorTask, recipe, synthetic_crops
+from handpose_core.training.harness import train
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--recipe", default="default", choices=["default", "seed"],
+                   help="default: residual net, Adam, augmentation; seed: the seed notebook's Caffe recipe")
+    p.add_argument("--data", default="synthetic",
+                   help="synthetic (default) | nyu:DIR (NYU train folder) | h5:FILE (seed-layout HDF5)")
+    p.add_argument("--n-train", type=int, default=40000, help="synthetic training frames to render (cached)")
+    p.add_argument("--n-val", type=int, default=1000, help="held-out synthetic frames for periodic evaluation")
+    p.add_argument("--data-seed", type=int, default=1, help="generator seed of the training frames")
+    p.add_argument("--steps", type=int, help="optimisation steps (default: the recipe's)")
+    p.add_argument("--batch-size", type=int, help="batch size (default: the recipe's, 64)")
+    p.add_argument("--lr", type=float, help="base learning rate (default: the recipe's)")
+    p.add_argument("--time-budget-min", type=float, default=0.0, help="stop after this many minutes (0 = off)")
+    p.add_argument("--device", default="auto", help="auto | cpu | cuda | cuda:N")
+    p.add_argument("--threads", type=int, default=0, help="CPU threads for torch (0 = torch's default)")
+    p.add_argument("--seed", type=int, default=0, help="seed of the batch order, augmentation and init")
+    p.add_argument("--out", default="runs/deep_prior", help="run folder")
+    p.add_argument("--resume", action="store_true", help="continue from OUT/last.pt")
+    p.add_argument("--cache-dir", default="runs/cache", help="where rendered crops are cached")
+    p.add_argument("--export", help="also copy the final model here (e.g. handpose_core/weights/deep_prior_synth.pt)")
+    p.add_argument("--no-progress", action="store_true", help="no progress bars (for logs)")
+    return p
+
+
+def load_training_data(args, codec: DepthCropCodec) -> tuple[np.ndarray, np.ndarray, tuple[str, ...], dict]:
+    """(crops (N, S, S), labels (N, J*3), joint names, provenance) for the --data source."""
+    if args.data == "synthetic":
+        from handpose_core.keypoints import HAND21
+
+        crops, labels = synthetic_crops(args.n_train, args.data_seed, codec, args.cache_dir,
+                                        progress=not args.no_progress)
+        return crops, labels, HAND21.joint_names, {"data": "synthetic", "data_seed": args.data_seed,
+                                                   "n_train": args.n_train}
+    kind, _, location = args.data.partition(":")
+    if kind == "nyu":
+        from handpose_core.data.nyu import NYUDataset, encode_dataset
+
+        dataset = NYUDataset(location)
+        crops, labels = encode_dataset(dataset, codec, progress=not args.no_progress)
+        return crops, labels, dataset.joint_names, {"data": args.data, "n_train": len(crops)}
+    if kind == "h5":
+        from handpose_core.data.hdf5_io import read_hdf5
+
+        data = read_hdf5(location, raw=False)
+        crops = np.asarray(data["image/train"], dtype=np.float16).reshape(len(data["image/train"]), codec.size, -1)
+        labels = np.asarray(data["label/train"], dtype=np.float32)
+        names = tuple(data.get("joint_names") or [str(j) for j in range(labels.shape[1] // 3)])
+        return crops, labels, names, {"data": args.data, "n_train": len(crops)}
+    raise HandPoseError(f"--data must be synthetic, nyu:DIR or h5:FILE, got {args.data!r}")
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s")
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    rcp = recipe(args.recipe)
+    cfg = rcp.train
+    cfg.out_dir, cfg.device, cfg.seed, cfg.resume = args.out, args.device, args.seed, args.resume
+    cfg.progress = not args.no_progress
+    cfg.time_budget_s = args.time_budget_min * 60.0
+    for name in ("steps", "batch_size", "lr"):
+        if getattr(args, name) is not None:
+            setattr(cfg, name, getattr(args, name))
+    cfg.eval_every = max(1000, cfg.steps // 10)
+    codec = DepthCropCodec()
+    try:
+        crops, labels, names, provenance = load_training_data(args, codec)
+    except HandPoseError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    provenance["command"] = "python -m training.train_deep_prior " + " ".join(shlex.quote(a) for a in
+                                                                              (argv or sys.argv[1:]))
+    task = DeepPriorTask(rcp, crops, labels, codec, names, provenance)
+
+    evaluate = None
+    if args.data == "synthetic" and args.n_val > 0:
+        val_crops, val_labels = synthetic_crops(args.n_val, args.data_seed + 1_000_000, codec, args.cache_dir,
+                                                progress=not args.no_progress)
+        x_val = torch.from_numpy(val_crops.astype(np.float32))[:, None]
+        y_val = torch.from_numpy(val_labels.reshape(len(val_labels), -1, 3))
+
+        def evaluate(model, device):
+            preds = torch.cat([model(x_val[i:i + 256].to(device)).float().cpu() for i in range(0, len(x_val), 256)])
+            err = torch.linalg.vector_norm(preds - y_val, dim=-1) * (codec.cube_mm / 2)
+            return {"val_approx_mean_mm": float(err.mean()),
+                    "val_approx_within_40mm": float((err.max(dim=1).values <= 40).float().mean())}
+
+    result = train(task, cfg, evaluate)
+    print(f"done: {result['step']} steps in {result['seconds'] / 60:.1f} min, final loss {result['final_loss']:.4g}, "
+          f"eval {result['eval']}; checkpoint {result['checkpoint']}")
+    if args.export:
+        Path(args.export).parent.mkdir(parents=True, exist_ok=True)
+        shutil.copyfile(result["checkpoint"], args.export)
+        print(f"exported to {args.export}")
+    return 0
+
+
+def record_figures(checkpoint: str, figures: dict) -> None:
+    """Store held-out evaluation figures in a checkpoint's metadata (rewritten atomically)."""
+    blob = load_checkpoint(checkpoint)
+    meta = dict(blob["meta"])
+    meta["held_out"] = figures
+    save_checkpoint(checkpoint, blob["model"]["name"], blob["model"]["config"], blob["state_dict"], meta,
+                    step=blob.get("step", 0))
+
+
+if __name__ == "__main__":
+    sys.exit(main())
