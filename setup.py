@@ -35,6 +35,8 @@ setup(
         "console_scripts": [
             "handpose_node = handpose_ros.node:main",
             "handpose-synth = handpose_core.data.synthetic_cli:main",
+            "handpose_camera_source = handpose_ros.camera_source:main",
+            "handpose-bag = handpose_ros.bag_tool:main",
         ],
     },
 )
