@@ -1,0 +1,244 @@
+"""CPM models, training task and RGB pipeline: shapes, gradients, checkpoints, bad inputs."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+from handpose_core import HandPoseError, HandPoseEstimator
+from handpose_core.checkpoint import load_checkpoint
+from handpose_core.models import create_model, list_models
+from handpose_core.models.cpm import CPM
+from handpose_core.pipelines.rgb import RGBPipeline, as_rgb, save_untrained
+
+CPM_VARIANTS = [name for name in list_models() if name.startswith("cpm_")]
+
+
+def test_variants_registered():
+    assert {"cpm_openpose", "cpm_light", "cpm_tiny"} <= set(CPM_VARIANTS)
+
+
+@pytest.mark.parametrize("name", CPM_VARIANTS)
+def test_every_variant_forward_backward(name):
+    torch.manual_seed(0)
+    model = create_model(name)
+    assert isinstance(model, CPM)
+    size = 32 if name == "cpm_openpose" else 64  # the full VGG-19 model: keep the test fast
+    x = torch.randn(2, 3, size, size)
+    outs = model(x)
+    assert len(outs) == model.num_stages
+    for out in outs:
+        assert out.shape == (2, 22, size // 8, size // 8)
+        assert torch.isfinite(out).all()
+    sum(o.square().mean() for o in outs).backward()
+    missing = [n for n, p in model.named_parameters() if p.grad is None or not torch.isfinite(p.grad).all()]
+    assert not missing, f"parameters without a finite gradient: {missing}"
+    zero = [n for n, p in model.named_parameters() if float(p.grad.abs().sum()) == 0.0]
+    assert not zero, f"parameters with an all-zero gradient: {zero}"
+
+
+def test_openpose_layout_exact():
+    model = create_model("cpm_openpose")
+    sd = model.state_dict()
+    assert len(model(torch.zeros(1, 3, 16, 16))) == 6
+    # VGG-19 through conv4_4, then conv5_1, conv5_2, conv5_3_CPM
+    assert sd["conv1_1.weight"].shape == (64, 3, 3, 3)
+    assert sd["conv3_4.weight"].shape == (256, 256, 3, 3)
+    assert sd["conv4_4.weight"].shape == (512, 512, 3, 3)
+    assert sd["conv5_2.weight"].shape == (512, 512, 3, 3)
+    assert sd["conv5_3_CPM.weight"].shape == (128, 512, 3, 3)
+    assert sd["conv6_1_CPM.weight"].shape == (512, 128, 1, 1)
+    assert sd["conv6_2_CPM.weight"].shape == (22, 512, 1, 1)
+    for t in range(2, 7):
+        assert sd[f"Mconv1_stage{t}.weight"].shape == (128, 150, 7, 7)
+        for i in range(2, 6):
+            assert sd[f"Mconv{i}_stage{t}.weight"].shape == (128, 128, 7, 7)
+        assert sd[f"Mconv6_stage{t}.weight"].shape == (128, 128, 1, 1)
+        assert sd[f"Mconv7_stage{t}.weight"].shape == (22, 128, 1, 1)
+    convs = [k for k in sd if k.endswith(".weight")]
+    assert len(convs) == 14 + 1 + 2 + 5 * 7  # conv1_1..conv5_2, conv5_3_CPM, stage 1, 5 stages of 7
+    assert all(k.rsplit(".", 1)[0] in model.layer_names() for k in sd)
+    n_params = sum(p.numel() for p in model.parameters())
+    assert 36e6 < n_params < 38e6
+
+
+def test_light_and_full_share_output_contract():
+    x = torch.randn(1, 3, 128, 128)
+    light, full = create_model("cpm_light").eval(), create_model("cpm_openpose").eval()
+    with torch.no_grad():
+        a, b = light(x), full(x)
+    assert a[-1].shape == b[-1].shape == (1, 22, 16, 16)
+    assert light.stride == full.stride == 8
+
+
+def test_checkpoint_round_trip_weights_only(tmp_path):
+    path = save_untrained(tmp_path / "cpm.pt")
+    blob = torch.load(path, map_location="cpu", weights_only=True)
+    assert blob["meta"]["modality"] == "rgb"
+    assert blob["meta"]["joint_names"][0] == "wrist" and len(blob["meta"]["joint_names"]) == 21
+    model = create_model(blob["model"]["name"], **blob["model"]["config"])
+    model.load_state_dict(blob["state_dict"])
+    ref = create_model("cpm_light")
+    torch.manual_seed(0)
+    ref = create_model("cpm_light")
+    x = torch.randn(1, 3, 128, 128)
+    with torch.no_grad():
+        assert torch.equal(model.eval()(x)[-1], ref.eval()(x)[-1])
+    assert path.stat().st_size < 15e6
+
+
+@pytest.fixture(scope="module")
+def estimator(tmp_path_factory):
+    path = save_untrained(tmp_path_factory.mktemp("ckpt") / "cpm_light.pt")
+    est = HandPoseEstimator.from_checkpoint(path, device="cpu")
+    # random weights: report whatever the maps say
+    est._pipeline.cfg.update(min_confidence=0.0, keypoint_min_confidence=0.0)
+    return est
+
+
+def _frame(h=120, w=160):
+    return np.random.default_rng(0).integers(0, 255, (h, w, 3), dtype=np.uint8)
+
+
+def test_pipeline_returns_pose_in_image_pixels(estimator):
+    img = _frame()
+    pipe = estimator._pipeline
+    pipe.roi = (40, 20, 120, 100)
+    try:
+        poses = estimator.predict(img)
+    finally:
+        pipe.roi = None
+    assert len(poses) == 1
+    p = poses[0]
+    assert p.uv_px.shape == (21, 2) and p.uv_px.dtype == np.float32
+    assert p.confidence.shape == (21,) and np.all((p.confidence >= 0) & (p.confidence <= 1))
+    assert np.all(np.isnan(p.xyz_m))  # no depth given
+    x0, y0, x1, y1 = p.box_px
+    assert (x0, y0, x1, y1) == pytest.approx((40, 20, 120, 100))
+    assert np.all((p.uv_px >= [x0 - 1, y0 - 1]) & (p.uv_px <= [x1 + 1, y1 + 1]))
+    assert p.extras["box_source"] == "roi"
+    dbg = estimator.debug_image(img, poses)
+    assert dbg.shape == img.shape and dbg.dtype == np.uint8
+    assert not np.array_equal(dbg, img)
+
+
+def test_pipeline_depth_lookup_with_holes(estimator):
+    img = _frame(96, 128)
+    depth = np.full((96, 128), 500, np.uint16)
+    depth[1::2, :] = 0  # every other row is a hole: the median of the valid ones is still 500 mm
+    intr = (100.0, 100.0, 64.0, 48.0)
+    poses = estimator.predict(img, intr, depth=depth)
+    assert len(poses) == 1
+    xyz = poses[0].xyz_m
+    assert np.allclose(xyz[:, 2], 0.5, atol=1e-6)
+    uv = poses[0].uv_px
+    assert np.allclose(xyz[:, 0], (uv[:, 0] - 64.0) * 0.5 / 100.0, atol=1e-5)
+    # no valid depth anywhere: NaN, not 0
+    estimator._pipeline.reset()
+    poses = estimator.predict(img, intr, depth=np.zeros((96, 128), np.float32))
+    assert len(poses) == 1 and np.all(np.isnan(poses[0].xyz_m))
+
+
+def test_pipeline_tracking_box_follows_keypoints(estimator):
+    pipe = estimator._pipeline
+    pipe.reset()
+    old = dict(pipe.cfg)
+    pipe.cfg["track_min_confidence"] = 0.0
+    try:
+        img = _frame()
+        first = estimator.predict(img)
+        second = estimator.predict(img)
+    finally:
+        pipe.cfg.update(old)
+        pipe.reset()
+    assert first[0].extras["box_source"] == "search"
+    assert second[0].extras["box_source"] == "track"
+
+
+@pytest.mark.parametrize("shape,dtype", [((60, 80), np.uint8), ((60, 80, 1), np.uint8), ((60, 80, 4), np.uint8),
+                                         ((5, 7, 3), np.uint8), ((1, 1, 3), np.uint8)])
+def test_pipeline_accepts_grey_rgba_and_tiny_images(estimator, shape, dtype):
+    img = np.full(shape, 90, dtype)
+    poses = estimator.predict(img)
+    estimator._pipeline.reset()
+    assert isinstance(poses, list)
+    for p in poses:
+        assert p.uv_px.shape == (21, 2) and np.all(np.isfinite(p.uv_px))
+
+
+@pytest.mark.parametrize("image,match", [
+    (np.zeros((60, 80), np.uint16), "uint8"),
+    (np.zeros((60, 80, 3), np.float32), "uint8"),
+    (np.zeros((60, 80, 2), np.uint8), r"\(H, W, 3\)"),
+    (np.zeros((2, 60, 80, 3), np.uint8), r"\(H, W, 3\)"),
+])
+def test_pipeline_rejects_bad_images(estimator, image, match):
+    with pytest.raises(HandPoseError, match=match):
+        estimator.predict(image)
+
+
+def test_pipeline_rejects_misaligned_depth(estimator):
+    with pytest.raises(HandPoseError, match="aligned"):
+        estimator.predict(_frame(), (100, 100, 80, 60), depth=np.zeros((10, 10), np.uint16))
+
+
+def test_roi_outside_image_gives_no_hand(estimator):
+    pipe = estimator._pipeline
+    pipe.roi = (1000, 1000, 1100, 1100)
+    try:
+        assert estimator.predict(_frame()) == []
+        pipe.roi = (-50, -50, 30, 30)  # partly inside: clipped, still a pose
+        poses = estimator.predict(_frame())
+        assert len(poses) == 1
+        x0, y0, x1, y1 = poses[0].box_px
+        assert x0 >= -0.5 and y0 >= -0.5
+    finally:
+        pipe.roi = None
+
+
+def test_as_rgb_conversions():
+    grey = np.arange(12, dtype=np.uint8).reshape(3, 4)
+    assert np.array_equal(as_rgb(grey)[..., 1], grey)
+    rgba = np.dstack([np.full((3, 4), c, np.uint8) for c in (1, 2, 3, 4)])
+    assert np.array_equal(as_rgb(rgba)[0, 0], [1, 2, 3])
+
+
+def test_fp16_on_cpu_is_a_clear_error(tmp_path):
+    blob = load_checkpoint(save_untrained(tmp_path / "c.pt"))
+    with pytest.raises(HandPoseError, match="CUDA"):
+        RGBPipeline(blob, torch.device("cpu"), "fp16")
+
+
+def test_training_task_batches_loss_and_determinism(tmp_path):
+    from handpose_core.training.cpm_task import RECIPES, CPMTask, build_crop_set
+
+    data = build_crop_set("synthetic", seed=5, frames=6, size=96, margin=2.2)
+    assert data.crops.shape == (6, 96, 96, 3) and data.uv.shape == (6, 21, 2)
+    task = CPMTask(RECIPES["cpm_tiny"], train_data=data)
+    x1, y1 = next(task.batches(7, 4, seed=3))
+    x2, y2 = next(task.batches(7, 4, seed=3))
+    assert torch.equal(x1, x2) and torch.equal(y1, y2)  # batch of a step depends on (seed, step) only
+    assert x1.shape == (4, 3, 64, 64) and y1.shape == (4, 22, 8, 8)
+    assert float(y1[:, :21].amax()) > 0.5  # the peaks are inside the crop
+    model = task.build_model()
+    loss, scalars = task.loss(model, (x1, y1), torch.device("cpu"))
+    assert set(scalars) == {"loss_stage1", "loss_stage2"}
+    assert float(loss.detach()) == pytest.approx(sum(scalars.values()), rel=1e-5)
+    meta = task.checkpoint_meta()
+    assert meta["modality"] == "rgb" and meta["input"]["size"] == 64
+
+
+def test_tiny_training_run_writes_loadable_checkpoint(tmp_path):
+    from training.train_cpm import main
+
+    out = tmp_path / "run"
+    result = main(["--recipe", "cpm_tiny", "--steps", "3", "--frames", "8", "--eval-frames", "4", "--out", str(out),
+                   "--cache-dir", str(tmp_path / "cache"), "--workers", "1", "--no-progress",
+                   "--export", str(tmp_path / "exported.pt")])
+    assert result["step"] == 3 and np.isfinite(result["final_loss"])
+    blob = load_checkpoint(tmp_path / "exported.pt")
+    assert "--recipe cpm_tiny" in blob["meta"]["provenance"]["command"]
+    assert blob["meta"]["held_out"]["frames"] == 4 and 0.0 <= blob["meta"]["held_out"]["pck@0.2"] <= 1.0
+    est = HandPoseEstimator.from_checkpoint(tmp_path / "exported.pt", device="cpu")
+    assert est.modality == "rgb"

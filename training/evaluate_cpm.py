@@ -1,0 +1,201 @@
+"""Evaluate a CPM checkpoint on held-out synthetic hands: PCK, AUC, EPE, per joint and per stage.
+
+Examples::
+
+    python -m training.evaluate_cpm handpose_core/weights/cpm_light_synth.pt
+    python -m training.evaluate_cpm runs/cpm_light/model.pt --frames 2000 --pipeline-frames 300
+
+Protocols:
+
+- ``crops`` (the headline): a square crop around the ground-truth 2D keypoints (1.5 x their
+  extent), as in the CMU hand evaluations; every stage's belief maps are decoded, so the per-stage
+  table shows what the later stages add.
+- ``pipeline``: full 640x480 frames through :class:`HandPoseEstimator` without any label: box from
+  the aligned depth image's nearest object (``pipeline_depth``) and from the RGB scale search alone
+  (``pipeline_search``). A frame without a detection counts every joint as a miss.
+
+PCK@0.2 is normalized by max(w, h) of the GT keypoints' bounding box; AUC is over thresholds
+0..0.5; EPE is in source-image pixels. Writes a JSON, a PCK plot and a stage-by-stage picture of
+the belief maps of one frame (all drawn with OpenCV).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import time
+from pathlib import Path
+
+import cv2
+import numpy as np
+import torch
+
+from handpose_core.checkpoint import load_checkpoint
+from handpose_core.codecs.belief_maps import BeliefMapCodec, InputSpec
+from handpose_core.keypoints import HAND21
+from handpose_core.models import create_model
+from handpose_core.pipelines.rgb import draw_skeleton
+from handpose_core.training.cpm_task import (
+    DataConfig,
+    cached_crop_set,
+    evaluate_crop_set,
+    held_out_crops,
+    predict_crops,
+)
+from handpose_core.training.metrics_2d import evaluate_2d, plot_pck, write_json
+
+
+def load_model(path: str | Path, device: torch.device):
+    blob = load_checkpoint(path)
+    model = create_model(blob["model"]["name"], **blob["model"]["config"])
+    model.load_state_dict(blob["state_dict"])
+    model.to(device).eval()
+    meta = blob["meta"]
+    return model, BeliefMapCodec(**meta["codec"]), InputSpec(**meta["input"]), blob
+
+
+def time_model(model, size: int, runs: int = 50) -> dict:
+    """Median / p90 forward time at batch 1, ms (no_grad, current thread count)."""
+    x = torch.randn(1, 3, size, size)
+    with torch.inference_mode():
+        for _ in range(5):
+            model(x)
+        ts = []
+        for _ in range(runs):
+            t0 = time.perf_counter()
+            model(x)
+            ts.append((time.perf_counter() - t0) * 1000)
+    return {"median_ms": float(np.median(ts)), "p90_ms": float(np.percentile(ts, 90)), "input": size,
+            "threads": torch.get_num_threads()}
+
+
+def pipeline_eval(checkpoint: str, seed: int, frames: int) -> dict:
+    """End-to-end figures on full frames (see module docstring)."""
+    from handpose_core import HandPoseEstimator
+    from handpose_core.data.synthetic import SyntheticHands
+
+    gen = SyntheticHands(seed=seed)
+    est = HandPoseEstimator.from_checkpoint(checkpoint, device="cpu")
+    out = {}
+    for mode in ("depth", "search"):
+        preds, gts, times, found = [], [], [], 0
+        for i in range(frames):
+            s = gen[i]
+            est._pipeline.reset()  # each frame on its own: no tracking between unrelated frames
+            t0 = time.perf_counter()
+            if mode == "depth":
+                poses = est.predict(s.rgb, s.intrinsics.as_tuple(), depth=s.depth_mm)
+            else:
+                poses = est.predict(s.rgb)
+            times.append((time.perf_counter() - t0) * 1000)
+            found += bool(poses)
+            preds.append(poses[0].uv_px if poses else np.full((21, 2), np.nan, np.float32))
+            gts.append(s.uv_px)
+        r = evaluate_2d(np.stack(preds), np.stack(gts), joint_names=HAND21.joint_names)
+        r.pop("per_joint")
+        r["detected"] = found / frames
+        r["latency_median_ms"] = float(np.median(times))
+        out[f"pipeline_{mode}"] = r
+    return out
+
+
+def stage_picture(model, codec, spec, crop: np.ndarray, gt_uv: np.ndarray, path: Path, joint: int = 8) -> Path:
+    """Row 1: input crop + GT, then each stage's max over keypoint maps (JET) with its decoded skeleton.
+    Row 2: background map of each stage; row 3: one joint's map (default index tip) per stage."""
+    uv, conf, maps = predict_crops(model, codec, spec, crop[None], torch.device("cpu"), keep_maps=True)
+    cell = 224
+    k = len(HAND21.joint_names)
+
+    def panel(img_rgb, title):
+        img = cv2.resize(img_rgb, (cell, cell), interpolation=cv2.INTER_NEAREST)
+        cv2.putText(img, title, (6, 18), cv2.FONT_HERSHEY_SIMPLEX, 0.5, (255, 255, 255), 2, cv2.LINE_AA)
+        cv2.putText(img, title, (6, 18), cv2.FONT_HERSHEY_SIMPLEX, 0.5, (0, 0, 0), 1, cv2.LINE_AA)
+        return img
+
+    def heat(m):
+        up = codec.upsample(m[None])[0]
+        c = cv2.applyColorMap(np.clip(up * 255, 0, 255).astype(np.uint8), cv2.COLORMAP_JET)
+        return cv2.cvtColor(c, cv2.COLOR_BGR2RGB)
+
+    scale = cell / crop.shape[0]
+    first = panel(crop, "input + GT")
+    draw_skeleton(first, gt_uv * scale + (scale - 1) / 2, None, HAND21.edges)
+    blank = np.full_like(first, 255)
+    rows = [[first], [panel(crop, "background maps")], [panel(crop, f"{HAND21.joint_names[joint]} map")]]
+    for t, m in enumerate(maps):
+        m = m[0]
+        err = np.linalg.norm(uv[t, 0] - gt_uv, axis=1)
+        over = (0.45 * crop + 0.55 * heat(m[:k].max(axis=0))).astype(np.uint8)
+        p = panel(over, f"stage {t + 1}: EPE {err.mean():.1f}px")
+        draw_skeleton(p, uv[t, 0] * scale + (scale - 1) / 2, None, HAND21.edges, thickness=1)
+        rows[0].append(p)
+        rows[1].append(panel(heat(m[k]), f"stage {t + 1} background"))
+        rows[2].append(panel((0.45 * crop + 0.55 * heat(m[joint])).astype(np.uint8),
+                             f"stage {t + 1} conf {conf[t, 0, joint]:.2f}"))
+    del blank
+    grid = np.vstack([np.hstack(r) for r in rows])
+    path.parent.mkdir(parents=True, exist_ok=True)
+    cv2.imwrite(str(path), cv2.cvtColor(grid, cv2.COLOR_RGB2BGR))
+    return path
+
+
+def main(argv: list[str] | None = None) -> dict:
+    p = argparse.ArgumentParser(prog="python -m training.evaluate_cpm", description=__doc__.split("\n\n")[0],
+                                epilog=__doc__.split("\n\n", 1)[1],
+                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("checkpoint", help="CPM checkpoint (.pt) or default:rgb")
+    p.add_argument("--seed", type=int, default=DataConfig.eval_seed, help="held-out generator seed")
+    p.add_argument("--frames", type=int, default=1000, help="held-out frames for the crop protocol")
+    p.add_argument("--pipeline-frames", type=int, default=200, help="full frames through the estimator (0 = skip)")
+    p.add_argument("--cache-dir", default=DataConfig.cache_dir)
+    p.add_argument("--json", default="docs/cpm_eval.json", help="result JSON")
+    p.add_argument("--plot", default="docs/cpm_pck.png", help="PCK curve PNG")
+    p.add_argument("--stages-png", default="docs/cpm_stages.png", help="stage-by-stage belief maps of one frame")
+    p.add_argument("--stage-frame", type=int, default=0, help="held-out frame shown in the stages picture")
+    p.add_argument("--threads", type=int, default=0, help="torch CPU threads (0 = default)")
+    args = p.parse_args(argv)
+    if args.threads > 0:
+        torch.set_num_threads(args.threads)
+    from handpose_core.estimator import resolve_checkpoint
+
+    ckpt = str(resolve_checkpoint(args.checkpoint))
+    model, codec, spec, blob = load_model(ckpt, torch.device("cpu"))
+    d = DataConfig()
+    t0 = time.perf_counter()
+    data = cached_crop_set("synthetic", args.seed, args.frames, d.cache_size, d.cache_margin, args.cache_dir, d.workers)
+    t_data = time.perf_counter() - t0
+    t0 = time.perf_counter()
+    crops_result = evaluate_crop_set(model, codec, spec, data, torch.device("cpu"))
+    t_eval = time.perf_counter() - t0
+    result = {
+        "checkpoint": ckpt, "model": blob["model"], "held_out": {"source": "synthetic", "seed": args.seed,
+                                                                 "frames": len(data)},
+        "crops": crops_result, "timing": {"model_forward": time_model(model, spec.size), "eval_seconds": t_eval,
+                                          "data_seconds": t_data},
+    }
+    if args.pipeline_frames > 0:
+        result.update(pipeline_eval(ckpt, args.seed, args.pipeline_frames))
+    # curves: every stage (crop protocol) and the pipelines
+    crops, gt, _ = held_out_crops(data, spec.size)
+    uv, _, _ = predict_crops(model, codec, spec, crops, torch.device("cpu"))
+    curves = {f"stage {t + 1}": evaluate_2d(uv[t], gt, data.valid) for t in range(len(uv))}
+    for key in ("pipeline_depth", "pipeline_search"):
+        if key in result:
+            curves[key.replace("_", " (") + ")"] = result[key]
+    plot_pck(curves, args.plot, title=f"{blob['model']['name']}: PCK on {len(data)} held-out synthetic hands")
+    stage_picture(model, codec, spec, crops[args.stage_frame], gt[args.stage_frame], Path(args.stages_png))
+    write_json(result, args.json)
+    table = ["| stage | PCK@0.2 | AUC 0-0.5 | EPE px |", "|---|---|---|---|"]
+    for name, s in crops_result["per_stage"].items():
+        table.append(f"| {name} | {s['pck@0.2']:.4f} | {s['auc']:.4f} | {s['epe_mean_px']:.2f} |")
+    print("\n".join(table))
+    summary = {k: crops_result[k] for k in ("pck@0.2", "auc", "epe_mean_px", "epe_median_px", "pck@0.2_visible")}
+    print(json.dumps({"crops": summary, **{k: {kk: result[k][kk] for kk in ("pck@0.2", "auc", "detected",
+                                                                               "latency_median_ms")}
+                                             for k in ("pipeline_depth", "pipeline_search") if k in result},
+                      "model_forward": result["timing"]["model_forward"]}, indent=2))
+    return result
+
+
+if __name__ == "__main__":
+    main()
