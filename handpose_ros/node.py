@@ -400,6 +400,8 @@ class HandPoseNode(LifecycleNode):
             try:
                 self._process(frame)
             except Exception as exc:  # keep serving: one broken frame must not kill the worker
+                if not self.context.ok():
+                    return  # shutting down (Ctrl-C): the publishers are gone, not a frame problem
                 self._bad_input(f"inference failed: {type(exc).__name__}: {exc}")
 
     def _process(self, frame: _Frame) -> None:

@@ -133,7 +133,11 @@ def test_console_entry_takes_flags_ros_parameters_and_remapping():
         )
         try:
             with ru.Spinner(context, probe.node):
-                got = probe.wait_for(lambda: len(probe.messages("/cam2/depth/image_raw")) >= 3, timeout=30.0)
+                # Both topics: discovery of the two publishers can complete at different times.
+                got = probe.wait_for(
+                    lambda: len(probe.messages("/cam2/depth/image_raw")) >= 3 and probe.messages("/cam2/hand_gt"),
+                    timeout=30.0,
+                )
                 color_publishers = probe.node.count_publishers("/cam2/color/image_raw")
         finally:
             proc.send_signal(signal.SIGINT)
