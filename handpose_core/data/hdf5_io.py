@@ -174,17 +174,8 @@ def write_hdf5(
             f.attrs["codec"] = json.dumps(codec.to_config())
             for key, value in (attrs or {}).items():
                 f.attrs[key] = value
-        _chmod_like_new_file(tmp)
-
-    atomic_write(path, write)
+    atomic_write(path, write)  # also gives the file the usual mode
     return counts
-
-
-def _chmod_like_new_file(path: str) -> None:
-    """Temporary files are created 0600; give the result the mode a plain ``open`` would."""
-    umask = os.umask(0)
-    os.umask(umask)
-    os.chmod(path, 0o666 & ~umask)
 
 
 def _frame_meta(sample) -> dict:
