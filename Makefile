@@ -3,8 +3,12 @@ PYTHON ?= python3
 VENV := .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
+# MediaPipe Hands, the peer of bench/bench_mediapipe.py, lives in its own venv (numpy < 2)
+MP_VENV := .venv-mediapipe
+MP_STAMP := $(MP_VENV)/.installed
+MEDIAPIPE := mediapipe==0.10.14
 
-.PHONY: demo test bench lint clean-venv
+.PHONY: demo test bench lint clean-venv .venv-mediapipe
 
 $(STAMP): requirements.txt setup.py pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -13,13 +17,21 @@ $(STAMP): requirements.txt setup.py pyproject.toml
 	$(PY) -m pip install --quiet --no-deps --no-build-isolation -e .
 	touch $(STAMP)
 
+$(MP_STAMP): bench/requirements-mediapipe.txt
+	test -x $(MP_VENV)/bin/python || $(PYTHON) -m venv $(MP_VENV)
+	$(MP_VENV)/bin/python -m pip install --quiet -r bench/requirements-mediapipe.txt
+	$(MP_VENV)/bin/python -m pip install --quiet --no-deps $(MEDIAPIPE)
+	touch $(MP_STAMP)
+
+.venv-mediapipe: $(MP_STAMP)
+
 demo: $(STAMP)
 	$(PY) -m training.demo
 
 test: $(STAMP)
 	$(PY) -m pytest -q  # includes tests/test_lint.py (ruff)
 
-bench: $(STAMP)
+bench: $(STAMP) $(MP_STAMP)
 	$(PY) -m bench.run_all
 
 lint: $(STAMP)
@@ -27,4 +39,4 @@ lint: $(STAMP)
 	$(PY) -m ruff format --check .
 
 clean-venv:
-	rm -rf $(VENV)
+	rm -rf $(VENV) $(MP_VENV)

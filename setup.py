@@ -30,6 +30,8 @@ setup(
     # rclpy and the message packages come from the ROS distribution (or the ros-* PyPI
     # wheels in requirements.txt); they are not pip requirements of the library.
     install_requires=["numpy", "opencv-python-headless", "h5py", "scipy", "tqdm", "torch>=2.4,<2.14"],
+    # onnxruntime + onnx: the fast CPU backend; without them the pipelines run in torch
+    extras_require={"onnx": ["onnxruntime", "onnx"]},
     zip_safe=True,
     entry_points={
         "console_scripts": [

@@ -2,8 +2,16 @@
 
 For each model: single-frame latency (batch 1) p50/p95, batched throughput, FLOPs per frame
 (torch's FlopCounterMode: 2 per multiply-add), and achieved FLOP/s as a fraction of this machine's
-measured float32 matmul FLOP/s, all in one run so the ratios compare like with like. On a machine
-with CUDA the same is measured on the GPU (fp32 and fp16).
+measured float32 matmul FLOP/s, all in one run so the ratios compare like with like. Each model is
+timed as built (``plain``) and as the pipelines load it (``optimized``: BatchNorm folded, see
+:mod:`handpose_core.models.inference`), interleaved so that load on the machine hits both alike.
+
+Pipelines: the packaged checkpoints end to end (``HandPoseEstimator.predict`` on 640x480
+synthetic frames: hand search / box, crop, network, decode), for each thread count, plain and
+optimized, with the largest difference between the two outputs (mm, px): the speed work must not
+change the answers.
+
+On a machine with CUDA the models are also measured on the GPU (fp32 and fp16).
 
     python -m bench.bench_models --out bench/results/models.json
 """
@@ -11,13 +19,17 @@ with CUDA the same is measured on the GPU (fp32 and fp16).
 from __future__ import annotations
 
 import argparse
+import copy
 import sys
+import time
 
+import numpy as np
 import torch
 from torch.utils.flop_counter import FlopCounterMode
 
 from bench.common import machine_info, summarize_ms, time_calls, write_json
-from handpose_core.models import create_model, list_models
+from handpose_core.models import create_model, list_models, onnx_backend
+from handpose_core.models.inference import fold_batch_norm
 
 
 def input_shape(name: str, model: torch.nn.Module) -> tuple[int, int, int]:
@@ -38,8 +50,8 @@ def flops_per_frame(model: torch.nn.Module, shape: tuple[int, int, int]) -> int:
     return int(counter.get_total_flops())
 
 
-def matmul_flops_per_s(device: torch.device, dtype: torch.dtype = torch.float32, n: int = 1024) -> float:
-    """Measured dense matmul FLOP/s: the practical ceiling for conv/linear layers on this device."""
+def matmul_flops_per_s(device: torch.device, dtype: torch.dtype = torch.float32, n: int = 2048) -> float:
+    """Measured dense matmul FLOP/s (median of 20 at n x n): the practical ceiling for conv/linear layers."""
     a = torch.randn(n, n, device=device, dtype=dtype)
     b = torch.randn(n, n, device=device, dtype=dtype)
     sync = torch.cuda.synchronize if device.type == "cuda" else None
@@ -48,27 +60,114 @@ def matmul_flops_per_s(device: torch.device, dtype: torch.dtype = torch.float32,
     return 2 * n**3 / float(sorted(seconds)[len(seconds) // 2])
 
 
-def bench_model(name: str, device: torch.device, dtype: torch.dtype, batch: int, repeats: int) -> dict:
-    model = create_model(name).eval().to(device=device, dtype=dtype)
-    shape = input_shape(name, model)
-    flops = flops_per_frame(model.float().cpu(), shape)
-    model = model.to(device=device, dtype=dtype)
+def bench_model(name: str, device: torch.device, dtype: torch.dtype, batch: int, repeats: int,
+                threads: int = 0) -> dict:
+    """Timings of one registered model as built (``plain``), with BatchNorm folded (``optimized``)
+    and, on the CPU, in onnxruntime (``onnxruntime``), interleaved in rounds."""
+    plain = create_model(name).eval()
+    shape = input_shape(name, plain)
+    flops = flops_per_frame(plain, shape)
+    variants = {"plain": plain, "optimized": fold_batch_norm(copy.deepcopy(plain))}
+    for key, model in variants.items():
+        model = model.to(device=device, dtype=dtype)
+        if key == "optimized" and device.type == "cuda":
+            model = model.to(memory_format=torch.channels_last)
+        variants[key] = model
+    if device.type == "cpu" and onnx_backend.available():
+        variants["onnxruntime"] = onnx_backend.OrtModule(plain, torch.zeros(1, *shape), threads=threads,
+                                                         dynamic_hw=name.startswith("cpm"))
     sync = torch.cuda.synchronize if device.type == "cuda" else None
     x1 = torch.randn(1, *shape, device=device, dtype=dtype)
     xb = torch.randn(batch, *shape, device=device, dtype=dtype)
+    single = {k: [] for k in variants}
+    batched = {k: [] for k in variants}
+    rounds = 3  # interleave the variants in rounds: a load spike hits all of them
     with torch.inference_mode():
-        single = time_calls(lambda: model(x1), repeats=repeats, sync=sync)
-        batched = time_calls(lambda: model(xb), repeats=max(3, repeats // 5), sync=sync)
-    per_frame_batched = float(sorted(batched)[len(batched) // 2]) / batch
-    return {
-        "input_shape": list(shape),
-        "params": sum(p.numel() for p in model.parameters()),
-        "gflops_per_frame": flops / 1e9,
-        "single": summarize_ms(single),
-        "batch": batch,
-        "batched_frames_per_s": 1.0 / per_frame_batched,
-        "achieved_gflops_per_s_batched": flops / per_frame_batched / 1e9,
-    }
+        for _ in range(rounds):
+            for key, model in variants.items():
+                single[key] += list(time_calls(lambda m=model: m(x1), repeats=max(1, repeats // rounds), sync=sync))
+                batched[key] += list(time_calls(lambda m=model: m(xb), repeats=max(1, repeats // (5 * rounds)),
+                                                warmup=1, sync=sync))
+    out = {"input_shape": list(shape), "params": sum(p.numel() for p in plain.parameters()),
+           "gflops_per_frame": flops / 1e9, "batch": batch}
+    for key in variants:
+        per_frame_batched = float(np.median(batched[key])) / batch
+        out[key] = {
+            "single": summarize_ms(np.asarray(single[key])),
+            "batched_frames_per_s": 1.0 / per_frame_batched,
+            "achieved_gflops_per_s_batched": flops / per_frame_batched / 1e9,
+            "achieved_gflops_per_s_single": flops / float(np.median(single[key])) / 1e9,
+        }
+    best = min(variants, key=lambda k: out[k]["single"]["p50_ms"])
+    out["fastest_single"] = best
+    out["speedup_single_fastest_over_plain"] = out["plain"]["single"]["p50_ms"] / out[best]["single"]["p50_ms"]
+    return out
+
+
+PIPELINE_VARIANTS = {  # name -> HandPoseEstimator.from_checkpoint keywords
+    "plain": {"optimize": False, "backend": "torch"},
+    "torch_optimized": {"optimize": True, "backend": "torch"},
+    "onnxruntime": {"optimize": True, "backend": "onnxruntime"},
+}
+
+
+def bench_pipelines(threads_list: list[int], frames: int, repeats: int) -> dict:
+    """End-to-end ``HandPoseEstimator.predict`` of the packaged checkpoints on 640x480 synthetic frames."""
+    from handpose_core.data.synthetic import SynthConfig, SyntheticHands
+    from handpose_core.errors import HandPoseError
+    from handpose_core.estimator import HandPoseEstimator
+
+    # a 30 fps trajectory, as a camera would stream it (the RGB path tracks from frame to frame)
+    samples = list(SyntheticHands(SynthConfig(), seed=7).trajectory(frames, fps=30.0))
+    variants = {k: v for k, v in PIPELINE_VARIANTS.items() if k != "onnxruntime" or onnx_backend.available()}
+    results = {}
+    for modality in ("depth", "rgb"):
+        name = f"default:{modality}"
+
+        def run(est, s, modality=modality):
+            if modality == "depth":
+                return est.predict(s.depth_mm, s.intrinsics.as_tuple())
+            return est.predict(s.rgb)
+
+        entry: dict = {"frames": frames}
+        for threads in threads_list:
+            try:
+                estimators = {k: HandPoseEstimator.from_checkpoint(name, device="cpu", threads=threads, **kw)
+                              for k, kw in variants.items()}
+            except HandPoseError as exc:
+                entry = {"skipped": str(exc)}
+                break
+            if "max_abs_diff" not in entry:
+                # answers against plain torch on the same frames (RGB tracking reset per frame: same boxes)
+                diff = {k: {"mm": 0.0, "px": 0.0} for k in estimators if k != "plain"}
+                found = 0
+                for s in samples:
+                    poses = {}
+                    for key, est in estimators.items():
+                        getattr(est._pipeline, "reset", lambda: None)()
+                        poses[key] = run(est, s)
+                    found += bool(poses["plain"])
+                    for key in diff:
+                        if bool(poses[key]) != bool(poses["plain"]):
+                            diff[key] = {"mm": float("inf"), "px": float("inf")}
+                        elif poses[key]:
+                            a, b = poses["plain"][0], poses[key][0]
+                            diff[key]["px"] = max(diff[key]["px"], float(np.abs(a.uv_px - b.uv_px).max()))
+                            if np.isfinite(a.xyz_m).all():
+                                diff[key]["mm"] = max(diff[key]["mm"], float(np.abs(a.xyz_m - b.xyz_m).max()) * 1e3)
+                entry["hands_found"] = found
+                entry["max_abs_diff"] = diff
+            times = {k: [] for k in estimators}
+            for _ in range(repeats):
+                for key, est in estimators.items():  # interleaved runs over the stream
+                    getattr(est._pipeline, "reset", lambda: None)()
+                    for s in samples:
+                        t0 = time.perf_counter()
+                        run(est, s)
+                        times[key].append(time.perf_counter() - t0)
+            entry[f"threads_{threads}"] = {k: summarize_ms(np.asarray(v)) for k, v in times.items()}
+        results[modality] = entry
+    return results
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -78,6 +177,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--threads", type=int, default=torch.get_num_threads(), help="CPU threads for torch")
     parser.add_argument("--repeats", type=int, default=30, help="timed single-frame calls per model")
     parser.add_argument("--batch", type=int, default=32, help="batch size for the throughput figure")
+    parser.add_argument("--pipeline-threads", type=int, nargs="*", default=[1, 2],
+                        help="thread counts for the end-to-end pipeline timings")
+    parser.add_argument("--pipeline-frames", type=int, default=24, help="synthetic frames per pipeline timing")
     args = parser.parse_args(argv)
     torch.set_num_threads(args.threads)
     names = args.models or list_models()
@@ -89,12 +191,23 @@ def main(argv: list[str] | None = None) -> int:
         # The full OpenPose layout at 368x368 is ~10^11 FLOPs a frame: a few repeats only on CPU.
         heavy = name == "cpm_openpose"
         res = bench_model(name, cpu, torch.float32, batch=4 if heavy else args.batch,
-                          repeats=3 if heavy else args.repeats)
-        res["fraction_of_matmul_peak"] = res["achieved_gflops_per_s_batched"] * 1e9 / peak
+                          repeats=3 if heavy else args.repeats, threads=args.threads)
+        variants = [k for k in ("plain", "optimized", "onnxruntime") if k in res]
+        for key in variants:
+            res[key]["fraction_of_matmul_peak"] = res[key]["achieved_gflops_per_s_batched"] * 1e9 / peak
         results["cpu"][name] = res
-        print(f"[cpu] {name}: p50 {res['single']['p50_ms']:.2f} ms, "
-              f"{res['batched_frames_per_s']:.1f} frames/s batched, "
-              f"{res['fraction_of_matmul_peak']:.0%} of matmul peak", flush=True)
+        print(f"[cpu] {name}: {res['gflops_per_frame']:.3f} GFLOP/frame, p50 ms "
+              + ", ".join(f"{k} {res[k]['single']['p50_ms']:.2f}" for k in variants)
+              + f"; fastest {res['fastest_single']}: {res[res['fastest_single']]['batched_frames_per_s']:.1f} "
+              f"frames/s batched, {res[res['fastest_single']]['fraction_of_matmul_peak']:.0%} of matmul peak",
+              flush=True)
+    results["pipelines_cpu"] = bench_pipelines(args.pipeline_threads, args.pipeline_frames, repeats=3)
+    torch.set_num_threads(args.threads)
+    for modality, entry in results["pipelines_cpu"].items():
+        for key, value in entry.items():
+            if key.startswith("threads_"):
+                print(f"[cpu] pipeline {modality} {key}: p50 ms "
+                      + ", ".join(f"{k} {v['p50_ms']:.2f}" for k, v in value.items()), flush=True)
     if torch.cuda.is_available():
         gpu = torch.device("cuda")
         for dtype_name, dtype in (("fp32", torch.float32), ("fp16", torch.float16)):
@@ -102,7 +215,8 @@ def main(argv: list[str] | None = None) -> int:
             results["cuda"][f"matmul_{dtype_name}_tflops_per_s"] = peak_gpu / 1e12
             for name in names:
                 res = bench_model(name, gpu, dtype, batch=256, repeats=100)
-                res["fraction_of_matmul_peak"] = res["achieved_gflops_per_s_batched"] * 1e9 / peak_gpu
+                for key in ("plain", "optimized"):
+                    res[key]["fraction_of_matmul_peak"] = res[key]["achieved_gflops_per_s_batched"] * 1e9 / peak_gpu
                 results["cuda"][f"{name}/{dtype_name}"] = res
     write_json(args.out, results)
     return 0

@@ -102,6 +102,8 @@ def run_case(modality: str, model: str, args, frames) -> dict:
         "-p", f"model:={model}",
         "-p", f"device:={args.device}",
         "-p", f"precision:={args.precision}",
+        "-p", f"threads:={args.threads}",
+        "-p", f"backend:={args.backend}",
         "-p", "diagnostics_period:=1.0",
         "-p", "publish_markers:=true",
         "-p", f"image_reliability:={args.image_reliability}",
@@ -249,6 +251,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--rate", type=float, default=30.0, help="frames per second published")
     parser.add_argument("--device", default="cpu", help="node device: auto, cpu, cuda, cuda:N")
     parser.add_argument("--precision", default="fp32")
+    parser.add_argument("--threads", type=int, default=0, help="node parameter threads (0 = torch default)")
+    parser.add_argument("--backend", default="auto", choices=("auto", "torch", "onnxruntime"),
+                        help="node parameter backend")
     parser.add_argument(
         "--image-reliability",
         choices=("best_effort", "reliable"),
@@ -270,6 +275,8 @@ def main(argv: list[str] | None = None) -> int:
             "rate_hz": args.rate,
             "device": args.device,
             "precision": args.precision,
+            "node_threads": args.threads,
+            "node_backend": args.backend,
             "image_qos": f"sensor-data profile (keep last 5) with {args.image_reliability} reliability",
             "keypoints_qos": "reliable, keep last 10",
             "rmw": os.environ.get("RMW_IMPLEMENTATION", "default (rmw_fastrtps_cpp)"),

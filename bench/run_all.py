@@ -21,6 +21,7 @@ BENCHMARKS = [
     ("bench.bench_synthetic", "synthetic.json"),
     ("bench.bench_models", "models.json"),
     ("bench.bench_node", "node.json"),
+    ("bench.bench_mediapipe", "mediapipe.json"),
 ]
 
 
@@ -35,6 +36,72 @@ def _headlines(payload: dict, prefix: str = "") -> list[tuple[str, str]]:
         elif isinstance(value, (int, float)) and not isinstance(value, bool):
             rows.append((name, f"{value:.4g}"))
     return rows
+
+
+def _fmt(value, digits: int = 2) -> str:
+    return "-" if value is None else f"{value:.{digits}f}"
+
+
+def _models_table(payload: dict) -> list[str]:
+    """One row per model variant: FLOPs, single-frame p50 per backend, batched rate of the fastest."""
+    peak = payload.get("cpu_matmul_gflops_per_s")
+    threads = payload["config"].get("threads")
+    lines = [f"CPU float32 matmul: {_fmt(peak, 1)} GFLOP/s measured; threads {threads}.", "",
+             "| model | input | GFLOP/frame | p50 ms torch | p50 ms torch, BN folded | p50 ms onnxruntime "
+             "| p95 ms fastest | batched frames/s fastest | % of matmul peak |",
+             "|---|---|---|---|---|---|---|---|---|"]
+    for name, r in payload.get("cpu", {}).items():
+        f = r[r["fastest_single"]]
+        ort = r.get("onnxruntime", {}).get("single", {}).get("p50_ms")
+        lines.append(f"| {name} | {'x'.join(map(str, r['input_shape']))} | {r['gflops_per_frame']:.3f} | "
+                     f"{r['plain']['single']['p50_ms']:.2f} | {r['optimized']['single']['p50_ms']:.2f} | "
+                     f"{_fmt(ort)} | {f['single']['p95_ms']:.2f} | {f['batched_frames_per_s']:.1f} | "
+                     f"{100 * f['fraction_of_matmul_peak']:.0f} |")
+    pipes = payload.get("pipelines_cpu", {})
+    if pipes:
+        lines += ["", "End to end (`HandPoseEstimator.predict`, 640x480 synthetic stream), p50 (p95) ms:", "",
+                  "| pipeline | threads | torch | torch, BN folded | onnxruntime | max diff to torch |",
+                  "|---|---|---|---|---|---|"]
+        for modality, entry in pipes.items():
+            diff = entry.get("max_abs_diff", {})
+            worst = ", ".join(f"{k}: {v['mm']:.4f} mm / {v['px']:.4f} px" for k, v in diff.items())
+            for key, value in entry.items():
+                if key.startswith("threads_"):
+                    cells = [f"{value[k]['p50_ms']:.2f} ({value[k]['p95_ms']:.2f})" if k in value else "-"
+                             for k in ("plain", "torch_optimized", "onnxruntime")]
+                    lines.append(f"| {modality} | {key.split('_')[1]} | {' | '.join(cells)} | {worst} |")
+    for name, r in payload.get("cuda", {}).items():
+        if isinstance(r, dict):
+            lines.append(f"| cuda {name} | p50 {r['optimized']['single']['p50_ms']:.3f} ms | "
+                         f"{r['optimized']['batched_frames_per_s']:.0f} frames/s batched |")
+    return lines
+
+
+def _node_table(payload: dict) -> list[str]:
+    lines = ["| stream | out Hz | p50 ms | p95 ms | node dropped | lost before node |", "|---|---|---|---|---|---|"]
+    for modality in ("depth", "rgb"):
+        r = payload.get(modality)
+        if r:
+            lat = r["latency_stamp_to_subscriber"]
+            lines.append(f"| {modality} {r['image_size'][0]}x{r['image_size'][1]} @ {r['rate_hz']:g} Hz | "
+                         f"{r['output_hz']:.1f} | {lat['p50_ms']:.1f} | {lat['p95_ms']:.1f} | "
+                         f"{r['node_dropped_frames']} | {r['lost_before_node']} |")
+    return lines
+
+
+def _mediapipe_table(payload: dict) -> list[str]:
+    if "skipped" in payload:
+        return [f"skipped: {payload['skipped']}"]
+    lines = ["| contender | p50 ms | p95 ms | hands found / frames |", "|---|---|---|---|"]
+    for key in ("ours_rgb_default", "mediapipe_full", "mediapipe_lite"):
+        r = payload[key]
+        lines.append(f"| {key} | {r['p50_ms']:.2f} | {r['p95_ms']:.2f} | {r['hands_found']}/{r['frames_timed']} |")
+    lines += ["", f"Ratio ours / MediaPipe full (p50): **{payload['ratio_ours_over_mediapipe_full_p50']:.2f}**; "
+              f"/ lite: {payload['ratio_ours_over_mediapipe_lite_p50']:.2f}. {payload['caveat']}."]
+    return lines
+
+
+TABLES = {"models.json": _models_table, "node.json": _node_table, "mediapipe.json": _mediapipe_table}
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -60,8 +127,15 @@ def main(argv: list[str] | None = None) -> int:
             print(f"[bench] {module_name} failed with {rc}")
             continue
         payload = json.loads(out.read_text())
-        lines += [f"## {module_name}", "", "| metric | value |", "|---|---|"]
-        lines += [f"| {k} | {v} |" for k, v in _headlines(payload)]
+        lines += [f"## {module_name} (`{out}`)", ""]
+        machine = payload.get("machine", {})
+        lines += [f"Machine: {machine.get('cpu')}, {machine.get('cores')} cores, torch {machine.get('torch')}, "
+                  f"GPU {machine.get('cuda') or 'none'}.", ""]
+        if json_name in TABLES:
+            lines += TABLES[json_name](payload)
+        else:
+            lines += ["| metric | value |", "|---|---|"]
+            lines += [f"| {k} | {v} |" for k, v in _headlines(payload)]
         lines.append("")
     atomic_write(RESULTS / "SUMMARY.md", lambda tmp: Path(tmp).write_text("\n".join(lines) + "\n"))
     print(f"[bench] summary: {RESULTS / 'SUMMARY.md'}")

@@ -90,14 +90,25 @@ class HandPoseEstimator:
 
     @classmethod
     def from_checkpoint(
-        cls, name_or_path: str | os.PathLike, device: str = "auto", precision: str = "fp32"
+        cls, name_or_path: str | os.PathLike, device: str = "auto", precision: str = "fp32",
+        threads: int = 0, optimize: bool = True, backend: str = "auto",
     ) -> HandPoseEstimator:
         """Load ``default:depth``, ``default:rgb`` or a checkpoint path onto ``device``.
 
-        ``precision`` is fp32, fp16 or bf16 (half precisions only on CUDA).
+        precision: fp32, fp16 or bf16 (half precisions only on CUDA).
+        threads:   > 0 sets torch's CPU thread count (process-wide: ``torch.set_num_threads``);
+                   0 keeps torch's default (one per core). On a small CPU shared with a ROS
+                   executor, fewer threads than cores often gives lower latency.
+        optimize:  fold BatchNorm into the convolutions etc. (:mod:`handpose_core.models.inference`);
+                   False runs the network exactly as trained in torch (for comparisons).
+        backend:   auto (onnxruntime on a CPU where installed, else torch), torch, or onnxruntime.
         """
         if precision not in ("fp32", "fp16", "bf16"):
             raise HandPoseError(f"unknown precision {precision!r}; use fp32, fp16 or bf16")
+        if int(threads) < 0:
+            raise HandPoseError(f"threads must be >= 0 (0 = torch's default), got {threads}")
+        if threads:
+            torch.set_num_threads(int(threads))
         dev = resolve_device(device)
         blob = load_checkpoint(resolve_checkpoint(name_or_path))
         modality = blob["meta"].get("modality")
@@ -107,7 +118,17 @@ class HandPoseEstimator:
             from handpose_core.pipelines.rgb import RGBPipeline as Pipeline
         else:
             raise HandPoseError(f"checkpoint meta has unknown modality {modality!r} (depth or rgb expected)")
-        return cls(Pipeline(blob, dev, precision), blob, dev)
+        if not optimize and backend == "auto":
+            backend = "torch"
+        pipeline = Pipeline(blob, dev, precision, optimize=optimize, backend=backend, threads=int(threads))
+        return cls(pipeline, blob, dev)
+
+    @property
+    def backend(self) -> str:
+        """``onnxruntime`` or ``torch``: what runs the network."""
+        from handpose_core.models.onnx_backend import OrtModule
+
+        return "onnxruntime" if isinstance(self._pipeline.model, OrtModule) else "torch"
 
     @property
     def modality(self) -> str:

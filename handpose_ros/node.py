@@ -63,6 +63,7 @@ _DEVICE_RE = re.compile(r"^(auto|cpu|cuda(:\d+)?)$")
 _ENUMS = {
     "precision": ("fp32", "fp16", "bf16"),
     "image_reliability": ("best_effort", "reliable"),
+    "backend": ("auto", "torch", "onnxruntime"),
 }
 MODALITY_ENCODINGS = {"depth": conv.DEPTH_ENCODINGS, "rgb": conv.COLOR_ENCODINGS}
 
@@ -72,12 +73,14 @@ PARAMETERS: dict[str, tuple[object, str]] = {
     "device": ("auto", "auto (CUDA when present, else CPU), cpu, cuda or cuda:N"),
     "precision": ("fp32", "fp32, fp16 or bf16 (half precisions on CUDA only)"),
     "image_reliability": ("best_effort", "QoS reliability of the image/camera_info subscriptions"),
+    "backend": ("auto", "auto (onnxruntime on a CPU where installed, else torch), torch or onnxruntime"),
+    "threads": (0, "CPU threads for inference (0 = one per core; torch's setting is process-wide)"),
     "autostart": (True, "configure and activate on start-up, without a lifecycle manager"),
     "publish_markers": (True, "publish the RViz skeleton on ~/markers"),
     "min_confidence": (0.0, "joints below this confidence are left out of ~/markers and ~/wrist_pose"),
     "diagnostics_period": (1.0, "seconds between /diagnostics messages"),
 }
-RESTART_PARAMETERS = ("model", "device", "precision", "image_reliability")
+RESTART_PARAMETERS = ("model", "device", "precision", "image_reliability", "backend", "threads")
 
 
 def validate_parameter(name: str, value) -> str | None:
@@ -90,6 +93,8 @@ def validate_parameter(name: str, value) -> str | None:
         return f"{name} {value!r} is not one of {', '.join(_ENUMS[name])}"
     if name == "min_confidence" and not 0.0 <= float(value) <= 1.0:
         return f"min_confidence {value} is outside [0, 1]"
+    if name == "threads" and not (isinstance(value, int) and not isinstance(value, bool) and value >= 0):
+        return f"threads {value!r} must be an integer >= 0 (0 = one per core)"
     if name == "diagnostics_period" and not float(value) > 0.0:
         return f"diagnostics_period {value} must be > 0 s"
     return None
@@ -277,7 +282,9 @@ class HandPoseNode(LifecycleNode):
 
         model, device, precision = self._param("model"), self._param("device"), self._param("precision")
         try:
-            estimator = HandPoseEstimator.from_checkpoint(model, device=device, precision=precision)
+            estimator = HandPoseEstimator.from_checkpoint(model, device=device, precision=precision,
+                                                          threads=self._param("threads"),
+                                                          backend=self._param("backend"))
         except HandPoseError as exc:
             self.get_logger().error(
                 f"cannot load model {model!r}: {exc}. The node stays up, inactive: set a valid `model` "
@@ -293,7 +300,7 @@ class HandPoseNode(LifecycleNode):
             self._setting_joint_names = False
         self.get_logger().info(
             f"loaded {estimator.modality} model {model!r} ({estimator.model_name}, "
-            f"{len(estimator.joint_names)} joints, {precision}) on {self._device_text(device)}"
+            f"{len(estimator.joint_names)} joints, {precision}, {estimator.backend}) on {self._device_text(device)}"
         )
         return True
 
@@ -450,6 +457,7 @@ class HandPoseNode(LifecycleNode):
             hardware_id=str(estimator.device),
             info={
                 "device": str(estimator.device),
+                "backend": estimator.backend,
                 "model": str(self._param("model")),
                 "modality": estimator.modality,
                 "joints": str(len(estimator.joint_names)),

@@ -175,6 +175,7 @@ class FakeEstimator:
     """
 
     model_name = "fake"
+    backend = "torch"
 
     def __init__(self, delay_s: float = 0.0, modality: str = "depth") -> None:
         self.delay_s = delay_s

@@ -7,12 +7,12 @@ import torch
 from handpose_core import HandPoseError, HandPoseEstimator
 from handpose_core.camera import Intrinsics
 from handpose_core.checkpoint import load_checkpoint, save_checkpoint
-from handpose_core.codecs.depth_crop import DepthCropCodec
+from handpose_core.codecs.depth_crop import DepthCropCodec, depth_to_mm
 from handpose_core.data.synthetic import SynthConfig, SyntheticHands
 from handpose_core.models import create_model, list_models
 from handpose_core.models.deep_prior import fit_pca, load_pca
 from handpose_core.pipelines.depth import save_untrained
-from handpose_core.training.deep_prior_task import DeepPriorTask, augment, recipe
+from handpose_core.training.deep_prior_task import DeepPriorTask, augment, encode_big, recipe, recrop
 
 DEEP_PRIOR_MODELS = [m for m in list_models() if m.startswith("deep_prior")]
 CAMERA = Intrinsics(475.0, 475.0, 319.5, 239.5)
@@ -180,3 +180,54 @@ def test_task_batches_are_deterministic_by_step():
     b_step1 = next(a)
     c_step1 = next(task.batches(1, 8, seed=3))
     assert torch.equal(b_step1[0], c_step1[0]) and torch.equal(b_step1[1], c_step1[1])
+
+
+def test_recrop_from_a_big_crop_is_the_codecs_crop_at_that_centre():
+    """Training cuts its crops out of cached 1.5x crops; they must be what the codec would cut there."""
+    gen = SyntheticHands(SynthConfig(render_rgb=False), seed=5)
+    codec, bf = DepthCropCodec(), 1.5
+    for i in range(4):
+        s = gen[i]
+        img, lab, z_b, located = encode_big(codec, s.depth_mm, s.xyz_m, s.intrinsics, bf)
+        com = codec.locate(depth_to_mm(s.depth_mm), s.intrinsics) if located else s.xyz_m.mean(0) * 1000
+        t = np.array([0.1, -0.15, 0.12])
+        cube_big = codec.cube_mm * bf
+        scale_px = np.array([2 * z_b / (cube_big * s.intrinsics.fx), 2 * z_b / (cube_big * s.intrinsics.fy)])
+        z_new = z_b + t[2] * cube_big / 2
+        centre = s.intrinsics.backproject(s.intrinsics.project(com) + t[:2] / scale_px, z_new)
+        ref = codec.encode(s.depth_mm, s.intrinsics, com_xyz_mm=centre, rotation_deg=40.0, scale=1.07)
+        out, labels = recrop(torch.from_numpy(img.astype(np.float32))[None, None],
+                             torch.from_numpy(lab.reshape(1, -1, 3)), torch.tensor(t[None], dtype=torch.float32),
+                             torch.tensor([np.radians(40.0)]), torch.tensor([1.07]), torch.tensor([False]), bf,
+                             codec.size, z_ratio=torch.tensor([z_new / z_b]))
+        np.testing.assert_allclose(labels[0].numpy(), codec.encode_joints(s.xyz_m, ref), atol=1e-4)
+        out = out[0, 0].numpy()
+        assert ((out < 0.99) != (ref.image < 0.99)).mean() < 0.03  # silhouettes agree up to edge pixels
+        both = (out < 0.99) & (ref.image < 0.99)
+        assert np.median(np.abs(out - ref.image)[both]) * codec.cube_mm / 2 < 2.0  # mm: neighbour-pixel level
+
+
+def test_flip_mirrors_image_and_labels():
+    rng = np.random.default_rng(0)
+    crops = torch.from_numpy(rng.uniform(-1, 0.5, (2, 1, 64, 64)).astype(np.float32))
+    labels = torch.from_numpy(rng.uniform(-0.5, 0.5, (2, 21, 3)).astype(np.float32))
+    zero, one = torch.zeros(2), torch.ones(2)
+    out, lab = recrop(crops, labels, torch.zeros(2, 3), zero, one, torch.tensor([True, False]), 1.0, 64)
+    torch.testing.assert_close(out[0], crops[0].flip(-1))
+    torch.testing.assert_close(out[1], crops[1])
+    torch.testing.assert_close(lab[0, :, 0], -labels[0, :, 0])
+    torch.testing.assert_close(lab[0, :, 1:], labels[0, :, 1:])
+
+
+def test_second_pass_recentres_on_the_first_pass_joints(tmp_path):
+    path = save_untrained(tmp_path / "dp.pt")
+    blob = load_checkpoint(path)
+    blob["meta"]["inference"] = {"passes": 2}
+    save_checkpoint(tmp_path / "dp2.pt", blob["model"]["name"], blob["model"]["config"], blob["state_dict"],
+                    blob["meta"])
+    one = HandPoseEstimator.from_checkpoint(path, device="cpu")
+    two = HandPoseEstimator.from_checkpoint(tmp_path / "dp2.pt", device="cpu")
+    sample = SyntheticHands(SynthConfig(render_rgb=False), seed=3)[0]
+    p1, p2 = one.predict(sample.depth_mm, sample.intrinsics)[0], two.predict(sample.depth_mm, sample.intrinsics)[0]
+    # the second crop is centred on the first pass's joint centroid
+    np.testing.assert_allclose(p2.extras["com_xyz_m"], p1.xyz_m.mean(axis=0), atol=1e-4)

@@ -229,8 +229,9 @@ def test_training_entry_point_loads_nyu(split):
 
     folder, _ = split
     args = SimpleNamespace(data=f"nyu:{folder}", no_progress=True)
-    crops, labels, names, provenance = load_training_data(args, DepthCropCodec())
-    assert crops.shape == (N_FRAMES, 128, 128) and labels.shape == (N_FRAMES, 42)
+    data, names, provenance = load_training_data(args, DepthCropCodec())
+    assert data.crops.shape == (N_FRAMES, 128, 128) and data.labels.shape == (N_FRAMES, 42)
+    assert data.big_factor == 1.0
     assert names == NYU14.joint_names and provenance["n_train"] == N_FRAMES
 
 

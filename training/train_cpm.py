@@ -52,6 +52,8 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--batch-size", type=int)
     g.add_argument("--lr", type=float)
     g.add_argument("--seed", type=int, help="training seed (batches, init)")
+    g.add_argument("--sigma", type=float, help="Gaussian target std, input pixels")
+    g.add_argument("--fg-weight", type=float, help="foreground weight of the L2 loss (0 = plain L2)")
     g.add_argument("--device", default=None, help="auto | cpu | cuda | cuda:N")
     g.add_argument("--threads", type=int, default=0, help="torch CPU threads (0 = torch default)")
     g.add_argument("--resume", action="store_true", help="continue from <out>/last.pt")
@@ -82,8 +84,9 @@ def recipe_from_args(args: argparse.Namespace):
         "source": args.data, "seed": args.data_seed, "frames": args.frames, "eval_seed": args.eval_seed,
         "eval_frames": args.eval_frames, "cache_dir": args.cache_dir, "workers": args.workers,
     }.items() if v is not None}
+    recipe_fields = {k: v for k, v in {"sigma_px": args.sigma, "fg_weight": args.fg_weight}.items() if v is not None}
     return dataclasses.replace(base, train=dataclasses.replace(base.train, **train_fields),
-                               data=dataclasses.replace(base.data, **data_fields))
+                               data=dataclasses.replace(base.data, **data_fields), **recipe_fields)
 
 
 def main(argv: list[str] | None = None) -> dict:

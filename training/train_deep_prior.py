@@ -17,6 +17,7 @@ import logging
 import shlex
 import shutil
 import sys
+import time
 from pathlib import Path
 
 import numpy as np
@@ -25,7 +26,7 @@ import torch
 from handpose_core.checkpoint import load_checkpoint, save_checkpoint
 from handpose_core.codecs.depth_crop import DepthCropCodec
 from handpose_core.errors import HandPoseError
-from handpose_core.training.deep_prior_task import DeepPriorTask, recipe, synthetic_crops
+from handpose_core.training.deep_prior_task import CropSet, DeepPriorTask, recipe, synthetic_crops
 from handpose_core.training.harness import train
 
 
@@ -48,27 +49,33 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", default="runs/deep_prior", help="run folder")
     p.add_argument("--resume", action="store_true", help="continue from OUT/last.pt")
     p.add_argument("--cache-dir", default="runs/cache", help="where rendered crops are cached")
+    p.add_argument("--workers", type=int, default=2, help="processes rendering synthetic frames")
     p.add_argument("--export", help="also copy the final model here (e.g. handpose_core/weights/deep_prior_synth.pt)")
     p.add_argument("--no-progress", action="store_true", help="no progress bars (for logs)")
     return p
 
 
-def load_training_data(args, codec: DepthCropCodec) -> tuple[np.ndarray, np.ndarray, tuple[str, ...], dict]:
-    """(crops (N, S, S), labels (N, J*3), joint names, provenance) for the --data source."""
+def load_training_data(args, codec: DepthCropCodec, big_factor: float = 1.5
+                       ) -> tuple[CropSet, tuple[str, ...], dict]:
+    """(crops, joint names, provenance) for the --data source.
+
+    Synthetic frames are cached as big crops (``big_factor`` x the cube) so training can re-centre
+    them; NYU frames and seed-HDF5 crops come at the codec's cube (big_factor 1).
+    """
     if args.data == "synthetic":
         from handpose_core.keypoints import HAND21
 
-        crops, labels = synthetic_crops(args.n_train, args.data_seed, codec, args.cache_dir,
-                                        progress=not args.no_progress)
-        return crops, labels, HAND21.joint_names, {"data": "synthetic", "data_seed": args.data_seed,
-                                                   "n_train": args.n_train}
+        data = synthetic_crops(args.n_train, args.data_seed, codec, args.cache_dir, workers=getattr(args, "workers", 2),
+                               progress=not args.no_progress, big_factor=big_factor)
+        return data, HAND21.joint_names, {"data": "synthetic", "data_seed": args.data_seed, "n_train": args.n_train,
+                                          "located_fraction": round(data.meta["located_fraction"], 4)}
     kind, _, location = args.data.partition(":")
     if kind == "nyu":
         from handpose_core.data.nyu import NYUDataset, encode_dataset
 
         dataset = NYUDataset(location)
         crops, labels = encode_dataset(dataset, codec, progress=not args.no_progress)
-        return crops, labels, dataset.joint_names, {"data": args.data, "n_train": len(crops)}
+        return CropSet.plain(crops, labels), dataset.joint_names, {"data": args.data, "n_train": len(crops)}
     if kind == "h5":
         from handpose_core.data.hdf5_io import read_hdf5
 
@@ -76,7 +83,7 @@ def load_training_data(args, codec: DepthCropCodec) -> tuple[np.ndarray, np.ndar
         crops = np.asarray(data["image/train"], dtype=np.float16).reshape(len(data["image/train"]), codec.size, -1)
         labels = np.asarray(data["label/train"], dtype=np.float32)
         names = tuple(data.get("joint_names") or [str(j) for j in range(labels.shape[1] // 3)])
-        return crops, labels, names, {"data": args.data, "n_train": len(crops)}
+        return CropSet.plain(crops, labels), names, {"data": args.data, "n_train": len(crops)}
     raise HandPoseError(f"--data must be synthetic, nyu:DIR or h5:FILE, got {args.data!r}")
 
 
@@ -95,21 +102,25 @@ def main(argv: list[str] | None = None) -> int:
             setattr(cfg, name, getattr(args, name))
     cfg.eval_every = max(1000, cfg.steps // 10)
     codec = DepthCropCodec()
+    t_data = time.perf_counter()
     try:
-        crops, labels, names, provenance = load_training_data(args, codec)
+        data, names, provenance = load_training_data(args, codec, rcp.big_factor)
     except HandPoseError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
     provenance["command"] = "python -m training.train_deep_prior " + " ".join(shlex.quote(a) for a in
                                                                               (argv or sys.argv[1:]))
-    task = DeepPriorTask(rcp, crops, labels, codec, names, provenance)
+    provenance["data_seconds"] = round(time.perf_counter() - t_data, 1)
+    task = DeepPriorTask(rcp, data, codec=codec, joint_names=names, provenance=provenance)
+    print(f"training data ready in {provenance['data_seconds']:.0f} s: {len(data)} crops; PCA k={rcp.bottleneck} "
+          f"residual {task.pca_residual_mm:.2f} mm", flush=True)
 
     evaluate = None
     if args.data == "synthetic" and args.n_val > 0:
-        val_crops, val_labels = synthetic_crops(args.n_val, args.data_seed + 1_000_000, codec, args.cache_dir,
-                                                progress=not args.no_progress)
-        x_val = torch.from_numpy(val_crops.astype(np.float32))[:, None]
-        y_val = torch.from_numpy(val_labels.reshape(len(val_labels), -1, 3))
+        # First-pass crops at the searched centre, as the estimator cuts them; errors in mm at the cube's scale.
+        val = synthetic_crops(args.n_val, args.data_seed + 1_000_000, codec, args.cache_dir,
+                              workers=args.workers, progress=not args.no_progress, big_factor=rcp.big_factor)
+        x_val, y_val = recrop_plain(val, codec)
 
         def evaluate(model, device):
             preds = torch.cat([model(x_val[i:i + 256].to(device)).float().cpu() for i in range(0, len(x_val), 256)])
@@ -125,6 +136,18 @@ def main(argv: list[str] | None = None) -> int:
         shutil.copyfile(result["checkpoint"], args.export)
         print(f"exported to {args.export}")
     return 0
+
+
+def recrop_plain(data: CropSet, codec: DepthCropCodec) -> tuple[torch.Tensor, torch.Tensor]:
+    """The codec's crops at each item's stored centre (no augmentation) and their labels."""
+    from handpose_core.training.deep_prior_task import recrop
+
+    n = len(data)
+    crops = torch.from_numpy(np.asarray(data.crops, dtype=np.float32))[:, None]
+    labels = torch.from_numpy(np.asarray(data.labels, dtype=np.float32).reshape(n, -1, 3))
+    zeros = torch.zeros(n)
+    return recrop(crops, labels, torch.zeros(n, 3), zeros, torch.ones(n), torch.zeros(n, dtype=torch.bool),
+                  data.big_factor, codec.size)
 
 
 def record_figures(checkpoint: str, figures: dict) -> None:

@@ -86,9 +86,12 @@ class DepthCropCodec:
     search_stride: int = 4  # the search runs on every 4th pixel: 16x fewer pixels, same blobs
     hand_slab_mm: float = 100.0  # a candidate is judged on the slab this deep behind its nearest point
     isolation_mm: float = 50.0  # ... and on how much that slab grows when cut this much deeper
+    search_depth_mm: float = 600.0  # candidates appear at most this far behind the nearest pixel
     slab_scales: tuple[float, ...] = (1.0, 0.5)  # slab and isolation depths tried, as factors
     max_growth: float = 1.25  # a hand is isolated: its slab grows at most this much (area ratio)
-    min_hand_area_mm2: float = 5000.0  # metric area of the slab: a fist seen from the front ~ 7000
+    min_hand_area_mm2: float = 2000.0  # metric area of the slab: a hand edge-on ~ 3000-4000
+    small_hand_area_mm2: float = 5000.0  # below this, a blob cut by the image border is held back
+    border_px: int = 16  # "cut by the border": the seed reaches this close to the image edge
     max_hand_area_mm2: float = 30000.0  # open hand + forearm ~ 15000-25000; a torso is larger
     refine_iters: int = 4  # mean-shift iterations at most
     refine_stride: int = 2  # mean shift on every 2nd pixel
@@ -134,13 +137,17 @@ class DepthCropCodec:
         seed = self._search(small, valid_small, near_mm, min_px_small, intrinsics)
         if seed is None:
             raise NoHandError(f"no object of at least {self.min_hand_px} pixels in range")
-        vs, us = seed
+        (vs, us), z_limit = seed
         com_uvd = np.array([us.mean() * s, vs.mean() * s, float(np.median(small[vs, us]))])
-        com_uvd = self._refine(depth_mm, com_uvd, intrinsics)
+        com_uvd = self._refine(depth_mm, com_uvd, intrinsics, z_limit)
         return intrinsics.backproject(com_uvd[:2], com_uvd[2])
 
     def _search(self, small, valid_small, near_mm, min_px, intr):
-        """Layered search of :meth:`locate` -> (rows, cols) of the seed blob in ``small``, or None."""
+        """Layered search of :meth:`locate` -> ((rows, cols) of the seed blob in ``small``, z limit mm) or None.
+
+        The z limit is the depth behind which the blob's surroundings start (the isolation cut of an
+        accepted slab): the mean shift ignores farther points, such as a wall just behind the hand.
+        """
         s = self.search_stride
         step = self.layer_mm
         slabs = []  # (slab layers, isolation layers), thickest first
@@ -148,7 +155,7 @@ class DepthCropCodec:
             pair = (max(1, round(f * self.hand_slab_mm / step)), max(1, round(f * self.isolation_mm / step)))
             if pair not in slabs:
                 slabs.append(pair)
-        n_birth = max(1, int(self.cube_mm // step))
+        n_birth = max(1, int(self.search_depth_mm // step))
         flat_depth = small.ravel()
         flat_valid = valid_small.ravel()
         # metric area of each search pixel, mm^2: a pixel at depth z covers (s z / fx) x (s z / fy)
@@ -175,13 +182,19 @@ class DepthCropCodec:
             up[labels_i[inside_i]] = labels_j[inside_i]
             return up
 
+        band = max(1, int(np.ceil(self.border_px / s)))  # sensors often give no data at the very edge
+        border = np.ones(small.shape, bool)
+        border[band:-band, band:-band] = False
+        border = border.ravel()
         judged = set()
+        held = None  # the nearest small qualifying slab whose seed touches the image border
         for i in range(1, n_birth + 1):
-            _, _, counts, _ = layer(i)
+            labels_i, _, counts, _ = layer(i)
             born = np.flatnonzero(counts >= min_px)
             born = born[born > 0]
             if born.size == 0:
                 continue
+            cut = np.isin(born, labels_i[border])  # seed already cut by the image border
             for k_slab, k_iso in slabs:
                 slab_of = parent(i, i + k_slab)[born]
                 deeper_of = parent(i + k_slab, i + k_slab + k_iso)
@@ -193,8 +206,18 @@ class DepthCropCodec:
                     judged.add((i + k_slab, k_iso, slab))
                     area = area_s[slab]
                     growth = area_d[deeper_of[slab]] / max(area, 1e-6)
-                    if self.min_hand_area_mm2 <= area <= self.max_hand_area_mm2 and growth <= self.max_growth:
-                        return np.divmod(np.flatnonzero(labels_s == slab), small.shape[1])
+                    if not (self.min_hand_area_mm2 <= area <= self.max_hand_area_mm2 and growth <= self.max_growth):
+                        continue
+                    # a small blob whose seed is cut by the image border is likely part of something
+                    # larger outside the view: only taken when nothing else qualifies
+                    found = (np.divmod(np.flatnonzero(labels_s == slab), small.shape[1]),
+                             near_mm + (i + k_slab + k_iso) * step)
+                    if area < self.small_hand_area_mm2 and np.all(cut[slab_of == slab]):
+                        held = found if held is None else held
+                        continue
+                    return found
+        if held is not None:
+            return held
         # No isolated hand-sized blob: the nearest blob of hand size, preferring one that does not
         # touch the bottom edge.
         fallback = None
@@ -210,14 +233,16 @@ class DepthCropCodec:
             free = [c for c in big.tolist() if c not in bottom]
             if free:
                 best = max(free, key=lambda c: counts[c])
-                return np.divmod(np.flatnonzero(labels == best), small.shape[1])
+                return np.divmod(np.flatnonzero(labels == best), small.shape[1]), np.inf
         if fallback is None:
             return None
         labels, best = fallback
-        return np.divmod(np.flatnonzero(labels == best), small.shape[1])
+        return np.divmod(np.flatnonzero(labels == best), small.shape[1]), np.inf
 
-    def _refine(self, depth_mm: np.ndarray, com_uvd: np.ndarray, intr: Intrinsics) -> np.ndarray:
-        """Mean shift: ``com_uvd`` (u px, v px, z mm) -> centre of the valid 3D points within ``cube_mm / 2``.
+    def _refine(self, depth_mm: np.ndarray, com_uvd: np.ndarray, intr: Intrinsics,
+                z_limit_mm: float = np.inf) -> np.ndarray:
+        """Mean shift: ``com_uvd`` (u px, v px, z mm) -> centre of the valid 3D points within ``cube_mm / 2``
+        and nearer than ``z_limit_mm``.
 
         Runs on every ``refine_stride``-th pixel (the mean of tens of thousands of points barely
         moves, the cost drops 4x) and stops once a step moves the centre less than 0.5 mm.
@@ -234,7 +259,8 @@ class DepthCropCodec:
             y0 = int(max(0, np.floor(v / r - hv)))
             y1 = int(min(sub.shape[0], np.ceil(v / r + hv) + 1))
             window = sub[y0:y1, x0:x1]
-            keep = (window > self.min_depth_mm) & (window < self.max_depth_mm) & (np.abs(window - d) < half)
+            keep = (window > self.min_depth_mm) & (window < min(self.max_depth_mm, z_limit_mm))
+            keep &= np.abs(window - d) < half
             vs, us = np.nonzero(keep)
             if vs.size < min_px:
                 break

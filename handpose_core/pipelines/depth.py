@@ -3,6 +3,10 @@
 The same :class:`~handpose_core.codecs.depth_crop.DepthCropCodec` that made the training labels
 decodes the predictions, with the codec settings recorded in the checkpoint (``meta['codec']``).
 
+Passes: with ``meta['inference']['passes'] = 2`` the hand is cropped again around the centroid of
+the first pass's joints and predicted again (the model must have been trained on crops centred
+like that too); checkpoints without the entry run one pass.
+
 Per-joint confidence (DeepPrior has no score of its own): 1.0 for a joint predicted inside the
 crop's cube, falling linearly to 0.0 at 1.5 cube half-widths from the centre along the worst of
 u, v, d. A hand the model cannot explain tends to push joints out of the cube; a normal
@@ -26,8 +30,7 @@ from handpose_core.errors import HandPoseError
 from handpose_core.estimator import HandPose
 from handpose_core.keypoints import HAND21, KeypointLayout, layout_for
 from handpose_core.models import create_model
-
-_DTYPES = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}
+from handpose_core.models.inference import load_for_inference
 
 
 def joint_confidence(uvd_norm: np.ndarray) -> np.ndarray:
@@ -39,26 +42,23 @@ def joint_confidence(uvd_norm: np.ndarray) -> np.ndarray:
 class DepthPipeline:
     """A DeepPrior checkpoint blob, ready for inference on ``device`` at ``precision``."""
 
-    def __init__(self, blob: dict[str, Any], device: torch.device, precision: str = "fp32") -> None:
+    def __init__(self, blob: dict[str, Any], device: torch.device, precision: str = "fp32",
+                 optimize: bool = True, backend: str = "torch", threads: int = 0) -> None:
         meta = blob["meta"]
-        if precision not in _DTYPES:
-            raise HandPoseError(f"unknown precision {precision!r}; use fp32, fp16 or bf16")
-        if precision != "fp32" and device.type != "cuda":
-            raise HandPoseError(f"precision {precision} needs a CUDA device, got {device}")
+        self.model, self.dtype = load_for_inference(blob, device, precision, optimize, backend, threads)
+        self.device = device
         try:
             self.codec = DepthCropCodec(**meta.get("codec", {}))
         except TypeError as exc:
             raise HandPoseError(f"checkpoint codec settings are not valid: {exc}") from exc
         self.joint_names = tuple(meta["joint_names"])
         self.layout = layout_for(self.joint_names)
-        model = create_model(blob["model"]["name"], **blob["model"]["config"])
-        try:
-            model.load_state_dict(blob["state_dict"])
-        except RuntimeError as exc:
-            raise HandPoseError(f"checkpoint weights do not fit {blob['model']['name']}: {exc}") from exc
-        self.dtype = _DTYPES[precision]
-        self.device = device
-        self.model = model.to(device=device, dtype=self.dtype).eval()
+        self.passes = max(1, int(meta.get("inference", {}).get("passes", 1)))
+
+    def _run(self, crop) -> np.ndarray:
+        x = torch.from_numpy(crop.image)[None, None].to(device=self.device, dtype=self.dtype)
+        with torch.inference_mode():
+            return self.model(x)[0].float().cpu().numpy()
 
     def predict(self, image: np.ndarray, intrinsics: Intrinsics | None, depth: np.ndarray | None = None
                 ) -> list[HandPose]:
@@ -81,10 +81,17 @@ class DepthPipeline:
             crop = self.codec.encode(image, intrinsics)
         except NoHandError:
             return []
-        x = torch.from_numpy(crop.image)[None, None].to(device=self.device, dtype=self.dtype)
-        with torch.inference_mode():
-            uvd = self.model(x)[0].float().cpu().numpy()
+        uvd = self._run(crop)
         xyz_m = self.codec.decode_joints(uvd, crop)
+        # Further passes (checkpoint meta inference.passes): re-crop on the predicted joint centroid,
+        # which fixes centres that a forearm or a nearby surface pulled off the hand.
+        for _ in range(self.passes - 1):
+            centre_mm = xyz_m.astype(np.float64).mean(axis=0) * 1000.0
+            if not (np.all(np.isfinite(centre_mm)) and centre_mm[2] > 0):
+                break
+            crop = self.codec.encode(image, intrinsics, com_xyz_mm=centre_mm)
+            uvd = self._run(crop)
+            xyz_m = self.codec.decode_joints(uvd, crop)
         uv_px = self.codec.decode_uv(uvd, crop)
         half_px = (self.codec.size - 1) / 2.0
         crop_uv = (uvd[:, :2] * (self.codec.size / 2.0) + half_px).astype(np.float32)

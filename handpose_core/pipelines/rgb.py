@@ -51,6 +51,7 @@ from handpose_core.codecs.belief_maps import (
 from handpose_core.codecs.depth_crop import DepthCropCodec, NoHandError, depth_to_mm
 from handpose_core.errors import HandPoseError
 from handpose_core.keypoints import HAND21, layout_for
+from handpose_core.models.inference import load_for_inference
 
 # Defaults of the pipeline's knobs; a checkpoint may override them in meta["pipeline"].
 PIPELINE_DEFAULTS: dict[str, Any] = {
@@ -126,20 +127,11 @@ class RGBPipeline:
     """Checkpoint blob -> ``predict(image, intrinsics, depth) -> list[HandPose]`` for CPM models."""
 
     def __init__(self, blob: dict[str, Any], device: torch.device, precision: str = "fp32",
-                 roi: tuple[float, float, float, float] | None = None, **overrides) -> None:
-        from handpose_core.models import create_model
-
+                 roi: tuple[float, float, float, float] | None = None, optimize: bool = True,
+                 backend: str = "torch", threads: int = 0, **overrides) -> None:
         meta = blob["meta"]
-        try:
-            self.model = create_model(blob["model"]["name"], **blob["model"]["config"])
-            self.model.load_state_dict(blob["state_dict"])
-        except (RuntimeError, TypeError, KeyError) as exc:
-            raise HandPoseError(f"checkpoint does not match model {blob['model'].get('name')!r}: {exc}") from exc
-        if precision != "fp32" and device.type != "cuda":
-            raise HandPoseError(f"precision {precision!r} needs a CUDA device; use fp32 on {device}")
-        self.dtype = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}[precision]
+        self.model, self.dtype = load_for_inference(blob, device, precision, optimize, backend, threads)
         self.device = device
-        self.model.to(device=device, dtype=self.dtype).eval()
         self.spec = InputSpec(**meta["input"])
         self.codec = BeliefMapCodec(**meta["codec"])
         self.layout = layout_for(meta["joint_names"])
@@ -160,7 +152,7 @@ class RGBPipeline:
         self._track_shape = None
 
     # -- network ---------------------------------------------------------------------------------
-    @torch.no_grad()
+    @torch.inference_mode()
     def _run(self, crops_rgb: np.ndarray) -> list[np.ndarray]:
         """(N, S', S'', 3) uint8 -> every stage's maps, list of (N, K+1, h, w) float32."""
         x = torch.from_numpy(self.spec.normalize(crops_rgb)).to(self.device, self.dtype)

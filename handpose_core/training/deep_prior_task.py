@@ -1,14 +1,24 @@
-"""DeepPrior on the shared harness: data cache, batch augmentation, loss, named recipes.
+"""DeepPrior on the shared harness: data cache, batch re-cropping/augmentation, loss, named recipes.
 
-Data: synthetic depth frames are rendered once, cut by the same :class:`DepthCropCodec` the
-estimator uses (``hdf5_io.encode_frame``: the inference-time hand search, or the labelled centre
-where that search misses), and cached as an ``.npz`` of crops (float16) + normalized uvd labels,
-keyed by everything that changes them. Batches are drawn by ``default_rng([seed, step])`` so a
-resumed run sees the batches an uninterrupted one would.
+Data: synthetic depth frames are rendered once and cut by the same :class:`DepthCropCodec` the
+estimator uses, into a *big* crop: ``big_factor`` times the codec's cube and size (so the same mm
+per pixel), centred where the inference-time hand search puts it (or on the labelled joints where
+that search misses the hand). Crops (float16) and labels (normalized uvd of the big crop) are
+cached under ``cache_dir`` in a folder of ``.npy`` files (memory-mapped), keyed by everything that
+changes them. Batches are drawn by ``default_rng([seed, step])``, so a resumed run sees the batches
+an uninterrupted one would.
 
-Augmentation (default recipe), vectorized on the batch in torch: in-plane rotation, scale (the
-cube grows or shrinks: uv and d both scale), centre jitter in u, v and d. Labels go through the
-same transform, so they stay exact.
+Each batch item is then cut out of its big crop by :func:`recrop` (one ``affine_grid`` /
+``grid_sample`` for the batch) at a drawn centre, in-plane rotation, cube scale and mirror flip.
+This is the codec's own geometry, not an approximation: the big crop and the model's crop are
+both affine images of the same image pixels, so one is an affine map of the other, and the depth
+renormalization is exact (``tests/test_deep_prior.py`` checks it against ``DepthCropCodec.encode``
+at the same centre). Labels go through the same transform.
+
+Crop centres: with probability ``p_gt_centre`` the joint centroid (plus ``gt_jitter_mm``), else the
+searched centre (plus ``jitter_mm``). The first kind trains the estimator's second pass (see
+:mod:`handpose_core.pipelines.depth`: re-crop on the first pass's joint centroid), which recovers
+fingers that a cube centred on a forearm cut off.
 """
 
 from __future__ import annotations
@@ -16,10 +26,10 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
-import math
 import os
+import shutil
 from collections.abc import Iterator
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from multiprocessing import get_context
 from pathlib import Path
 from typing import Any
@@ -29,8 +39,8 @@ import torch
 import torch.nn.functional as F
 from tqdm import tqdm
 
-from handpose_core.checkpoint import atomic_write
-from handpose_core.codecs.depth_crop import DepthCropCodec
+from handpose_core.codecs.depth_crop import DepthCropCodec, NoHandError
+from handpose_core.errors import HandPoseError
 from handpose_core.keypoints import HAND21
 from handpose_core.models import create_model
 from handpose_core.models.deep_prior import fit_pca, load_pca
@@ -38,120 +48,288 @@ from handpose_core.training.harness import TrainConfig
 
 log = logging.getLogger(__name__)
 
+CACHE_VERSION = "v3"
+
 
 @dataclass
 class DeepPriorRecipe:
-    """Model + loss + augmentation + optimisation of one named DeepPrior training recipe."""
+    """Model + loss + augmentation + optimisation of one named DeepPrior training recipe.
+
+    Augmentation (when ``augment``): rotation uniform in +-``rot_deg``; cube scale uniform in
+    1 +- ``scale``; crop centre = joint centroid with probability ``p_gt_centre`` (Gaussian jitter
+    ``gt_jitter_mm``), else the searched centre (jitter ``jitter_mm``); mirror with ``flip_prob``.
+    ``passes`` is written to the checkpoint for the estimator (2 = re-crop on the first pass).
+    """
 
     model: str = "deep_prior_res"
     model_config: dict[str, Any] = field(default_factory=dict)
     bottleneck: int = 30
-    loss: str = "euclidean_joint"  # euclidean_joint: mean per-joint distance | caffe_euclidean
+    loss: str = "smooth_l1"  # smooth_l1 (per coordinate) | euclidean_joint (mean joint distance) | caffe_euclidean
+    smooth_l1_beta: float = 0.01  # normalized units: 1.5 mm
     augment: bool = True
-    rot_deg: float = 180.0  # in-plane rotation, uniform in +-rot_deg
-    scale: float = 0.15  # cube scale factor uniform in 1 +- scale
-    shift: float = 0.08  # centre jitter, normalized units (1 = half the cube)
+    rot_deg: float = 180.0
+    scale: float = 0.1
+    jitter_mm: float = 8.0
+    gt_jitter_mm: float = 15.0
+    p_gt_centre: float = 0.5
+    flip_prob: float = 0.5
+    big_factor: float = 1.5  # cached crops: this many times the cube (room to re-centre)
+    passes: int = 2
+    bf16_cpu: bool = True  # on a CPU, run the conv features in bfloat16 (about 1.7x faster); the head stays fp32
     train: TrainConfig = field(default_factory=TrainConfig)
 
 
 def recipe(name: str) -> DeepPriorRecipe:
     """Named recipes: ``default`` (DeepPrior++-style) and ``seed`` (the seed notebook's Caffe recipe)."""
     if name == "default":
-        return DeepPriorRecipe(train=TrainConfig(steps=30000, batch_size=64, optimizer="adam", lr=1e-3,
-                                                 weight_decay=1e-4, lr_policy="cosine", warmup_steps=200))
+        return DeepPriorRecipe(model_config={"dropout": 0.1},
+                               train=TrainConfig(steps=30000, batch_size=64, optimizer="adam", lr=1e-3,
+                                                 weight_decay=1e-4, lr_policy="cosine", warmup_steps=200,
+                                                 grad_clip=5.0))
     if name == "seed":
-        # Euclidean loss, SGD momentum 0.9, Caffe 'inv' policy base 5e-6 gamma 1e-4 power 0.75, batch 64.
-        return DeepPriorRecipe(model="deep_prior_seed", loss="caffe_euclidean", augment=False,
+        # The notebook: its network, Euclidean loss, SGD momentum 0.9, Caffe 'inv' policy base 5e-6
+        # gamma 1e-4 power 0.75, batch 64, no augmentation, crops at the searched centre, one pass.
+        return DeepPriorRecipe(model="deep_prior_seed", loss="caffe_euclidean", augment=False, passes=1, bf16_cpu=False,
                                train=TrainConfig(steps=40000, batch_size=64, optimizer="sgd", lr=5e-6, momentum=0.9,
                                                  lr_policy="inv", lr_gamma=1e-4, lr_power=0.75))
     raise ValueError(f"unknown DeepPrior recipe {name!r} (default, seed)")
 
 
-# -- data ----------------------------------------------------------------------------------------
+# -- geometry ------------------------------------------------------------------------------------
 
 
-def _render_range(args: tuple[int, int, int, dict]) -> tuple[np.ndarray, np.ndarray]:
-    """Worker: crops (n, S, S) float16 and labels (n, J*3) float32 for sample indices [start, stop)."""
-    from handpose_core.data.hdf5_io import encode_frame
-    from handpose_core.data.synthetic import SynthConfig, SyntheticHands
+def recrop(crops: torch.Tensor, labels: torch.Tensor | None, t: torch.Tensor, theta: torch.Tensor,
+           scale: torch.Tensor, flip: torch.Tensor, cube_ratio_big: float, size: int,
+           z_ratio: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """Cut crops out of (bigger) crops: the crop the codec would cut at a new centre.
 
-    seed, start, stop, codec_cfg = args
-    torch.set_num_threads(1)
-    gen = SyntheticHands(SynthConfig(render_rgb=False), seed=seed)
-    codec = DepthCropCodec(**codec_cfg)
-    crops = np.empty((stop - start, codec.size, codec.size), np.float16)
-    labels = np.empty((stop - start, 3 * len(HAND21.joint_names)), np.float32)
-    for k, i in enumerate(range(start, stop)):
-        crop, label, _ = encode_frame(codec, gen[i])
-        crops[k] = crop.image
-        labels[k] = label
-    return crops, labels
+    crops:  (N, 1, Sb, Sb) normalized depth (+1 = background) of cubes ``cube_ratio_big`` x the
+            model's cube (1.0: the same cube).
+    labels: (N, J, 3) normalized uvd of those crops, or None.
+    t:      (N, 3) the new centre in the input crops' normalized uvd (0 = their centre).
+    theta:  (N,) in-plane rotation, rad (the codec's ``rotation_deg`` sense). scale: (N,) new cube
+            = scale x model cube. flip: (N,) bool, mirror u.
+    z_ratio: (N,) z_new / z_old of the centres (the projected cube shrinks with depth); None = 1.
+    Returns ((N, 1, size, size) crops, (N, J, 3) labels or None).
 
-
-def synthetic_crops(n: int, seed: int, codec: DepthCropCodec, cache_dir: str | os.PathLike = "runs/cache",
-                    workers: int = 2, progress: bool = True) -> tuple[np.ndarray, np.ndarray]:
-    """(n, S, S) float16 crops and (n, J*3) float32 labels of synthetic frames [0, n) of ``seed``, cached."""
-    key = hashlib.sha1(json.dumps([n, seed, codec.to_config(), "v1"], sort_keys=True).encode()).hexdigest()[:10]
-    path = Path(cache_dir) / f"deep_prior_synth_s{seed}_n{n}_{key}.npz"
-    if path.is_file():
-        with np.load(path) as z:
-            return z["crops"], z["labels"]
-    chunk = 250
-    jobs = [(seed, s, min(n, s + chunk), codec.to_config()) for s in range(0, n, chunk)]
-    crops, labels = [], []
-    with get_context("spawn").Pool(workers) as pool, tqdm(total=n, desc=f"render seed {seed}",
-                                                          disable=not progress, unit="frame") as bar:
-        for c, lab in pool.imap(_render_range, jobs):
-            crops.append(c)
-            labels.append(lab)
-            bar.update(len(c))
-    out = (np.concatenate(crops), np.concatenate(labels))
-    atomic_write(path, lambda tmp: np.savez(open(tmp, "wb"), crops=out[0], labels=out[1]))
-    return out
+    With R the rotation, F the flip and r = (cube / cube_in) / z_ratio, a point at normalized n
+    of the new crop is at ``r R^T F n + t`` in the input crop; depths become
+    ``(d - t_d) * cube_in / cube``; a label x moves to ``F R (x - t) / r``.
+    """
+    dtype = crops.dtype
+    ratio = scale / cube_ratio_big  # cube / cube_in
+    r = ratio if z_ratio is None else ratio / z_ratio
+    c, s = torch.cos(theta), torch.sin(theta)
+    f = torch.where(flip, -torch.ones_like(c), torch.ones_like(c))
+    # R = [[c, s], [-s, c]] (codec.warp_for); R^T F = [[c f, -s], [s f, c]]
+    a = torch.stack([torch.stack([c * f, -s], -1), torch.stack([s * f, c], -1)], -2) * r[:, None, None]
+    affine = torch.cat([a, t[:, :2, None]], dim=2).to(dtype)
+    grid = F.affine_grid(affine, [len(crops), 1, size, size], align_corners=False)
+    # Sample (crop - 1) so the zero padding outside reads as background (+1); nearest keeps
+    # silhouettes sharp, as the codec's own warp does.
+    sampled = F.grid_sample(crops - 1.0, grid, mode="nearest", padding_mode="zeros", align_corners=False) + 1.0
+    background = sampled >= 0.9999
+    depth = (sampled - t[:, 2, None, None, None].to(dtype)) / ratio[:, None, None, None].to(dtype)
+    depth = torch.where(background | (depth > 1.0), torch.ones_like(depth), depth.clamp(min=-1.0))
+    if labels is None:
+        return depth, None
+    rel = labels[..., :2] - t[:, None, :2]
+    u = (c[:, None] * rel[..., 0] + s[:, None] * rel[..., 1]) / r[:, None]
+    v = (-s[:, None] * rel[..., 0] + c[:, None] * rel[..., 1]) / r[:, None]
+    d = (labels[..., 2] - t[:, None, 2]) / ratio[:, None]
+    return depth, torch.stack([u * f[:, None], v, d], dim=-1)
 
 
 def augment(crops: torch.Tensor, labels: torch.Tensor, rng: np.random.Generator, rot_deg: float,
             scale: float, shift: float) -> tuple[torch.Tensor, torch.Tensor]:
-    """Random in-plane rotation, cube scale and centre jitter of a batch, labels transformed alike.
-
-    crops: (N, 1, S, S) normalized depth (+1 = background); labels: (N, J, 3) normalized uvd.
-    The output pixel at normalized position p samples the input at ``s R p + t``; so a label x
-    moves to ``R^T (x - t) / s`` and depths become ``(d - t_d) / s`` (the cube is s times larger).
-    """
-    n = crops.shape[0]
-    theta = torch.from_numpy(rng.uniform(-math.radians(rot_deg), math.radians(rot_deg), n)).float()
-    s = torch.from_numpy(rng.uniform(1 - scale, 1 + scale, n)).float()
+    """Random rotation, cube scale and centre shift (uniform, normalized units) of same-cube crops."""
+    n = len(crops)
     t = torch.from_numpy(rng.uniform(-shift, shift, (n, 3))).float()
-    cos, sin = torch.cos(theta), torch.sin(theta)
-    rot = torch.stack([torch.stack([cos, -sin], -1), torch.stack([sin, cos], -1)], -2)  # (N, 2, 2)
-    affine = torch.cat([s[:, None, None] * rot, t[:, :2, None]], dim=2)
-    grid = F.affine_grid(affine, list(crops.shape), align_corners=False)
-    # Sample (crop - 1) so the zero padding outside the crop reads as background (+1); nearest keeps
-    # silhouettes sharp, as the codec's own warp does.
-    sampled = F.grid_sample(crops - 1.0, grid, mode="nearest", padding_mode="zeros", align_corners=False) + 1.0
-    background = sampled >= 0.999
-    depth = (sampled - t[:, 2, None, None, None]) / s[:, None, None, None]
-    out = torch.where(background, torch.ones_like(depth), depth.clamp(-1.0, 1.0))
-    uv = torch.einsum("nik,nji->njk", rot, labels[..., :2] - t[:, None, :2]) / s[:, None, None]
-    d = (labels[..., 2] - t[:, None, 2]) / s[:, None]
-    return out, torch.cat([uv, d[..., None]], dim=-1)
+    theta = torch.from_numpy(rng.uniform(-np.radians(rot_deg), np.radians(rot_deg), n)).float()
+    s = torch.from_numpy(rng.uniform(1 - scale, 1 + scale, n)).float()
+    out, lab = recrop(crops, labels, t, theta, s, torch.zeros(n, dtype=torch.bool), 1.0, crops.shape[-1])
+    return out, lab
+
+
+# -- data ----------------------------------------------------------------------------------------
+
+
+@dataclass
+class CropSet:
+    """Cached training crops.
+
+    crops:       (N, Sb, Sb) float16 normalized depth of cubes ``big_factor`` x the codec's.
+    labels:      (N, J*3) float32 normalized uvd of those crops.
+    z_mm:        (N,) float32 depth of each crop's centre, mm (NaN: unknown, e.g. seed HDF5 crops).
+    located:     (N,) bool: centred by the hand search (False: on the labelled joints).
+    big_factor:  cube and size of the crops over the codec's.
+    """
+
+    crops: np.ndarray
+    labels: np.ndarray
+    z_mm: np.ndarray
+    located: np.ndarray
+    big_factor: float = 1.0
+    meta: dict[str, Any] = field(default_factory=dict)
+
+    def __len__(self) -> int:
+        return len(self.crops)
+
+    @classmethod
+    def plain(cls, crops: np.ndarray, labels: np.ndarray) -> CropSet:
+        """Crops already at the codec's cube (e.g. the seed HDF5): depths of the centres unknown."""
+        n = len(crops)
+        return cls(np.asarray(crops), np.asarray(labels, np.float32).reshape(n, -1), np.full(n, np.nan, np.float32),
+                   np.ones(n, bool), 1.0)
+
+
+def encode_big(codec: DepthCropCodec, depth, xyz_m: np.ndarray, intrinsics, big_factor: float,
+               max_offset: float = 0.45) -> tuple[np.ndarray, np.ndarray, float, bool]:
+    """One frame -> (big crop (Sb, Sb), labels (J*3,), centre depth mm, located).
+
+    The centre is the hand search's; where the search finds nothing, or the joint centroid lies
+    more than ``max_offset`` (big-crop normalized units) from it (another object was found, or a
+    forearm pulled the centre so far that re-centring would leave the big crop), it is the
+    centroid of the labelled joints instead.
+    """
+    big = replace(codec, cube_mm=codec.cube_mm * big_factor, size=int(round(codec.size * big_factor)))
+    centroid_mm = np.asarray(xyz_m, np.float64).mean(axis=0) * 1000.0
+    try:
+        com = codec.locate(_mm(depth), intrinsics)
+        crop = big.encode(depth, intrinsics, com_xyz_mm=com)
+        labels = big.encode_joints(xyz_m, crop)
+        located = bool(np.all(np.abs(labels.mean(axis=0)) <= max_offset))
+    except NoHandError:
+        located = False
+    if not located:
+        com = centroid_mm
+        crop = big.encode(depth, intrinsics, com_xyz_mm=com)
+        labels = big.encode_joints(xyz_m, crop)
+    return crop.image.astype(np.float16), labels.reshape(-1), float(com[2]), located
+
+
+def _mm(depth):
+    from handpose_core.codecs.depth_crop import depth_to_mm
+
+    return depth_to_mm(depth)
+
+
+def _render_range(args: tuple[int, int, int, dict, float]) -> tuple[np.ndarray, ...]:
+    """Worker: big crops, labels, centre depths, located flags of synthetic frames [start, stop)."""
+    from handpose_core.data.synthetic import SynthConfig, SyntheticHands
+
+    seed, start, stop, codec_cfg, big_factor = args
+    torch.set_num_threads(1)
+    gen = SyntheticHands(SynthConfig(render_rgb=False), seed=seed)
+    codec = DepthCropCodec(**codec_cfg)
+    out = [encode_big(codec, s.depth_mm, s.xyz_m, s.intrinsics, big_factor) for s in (gen[i] for i in
+                                                                                      range(start, stop))]
+    return (np.stack([o[0] for o in out]), np.stack([o[1] for o in out]).astype(np.float32),
+            np.array([o[2] for o in out], np.float32), np.array([o[3] for o in out], bool))
+
+
+def synthetic_crops(n: int, seed: int, codec: DepthCropCodec, cache_dir: str | os.PathLike = "runs/cache",
+                    workers: int = 2, progress: bool = True, big_factor: float = 1.5) -> CropSet:
+    """Big crops of synthetic frames [0, n) of generator ``seed``, rendered once and cached."""
+    key = hashlib.sha1(json.dumps([n, seed, codec.to_config(), big_factor, CACHE_VERSION], sort_keys=True,
+                                  default=str).encode()).hexdigest()[:10]
+    path = Path(cache_dir) / f"deep_prior_synth_s{seed}_n{n}_x{big_factor:g}_{key}"
+    if not (path / "done").is_file():
+        tmp = path.with_name(path.name + ".tmp")
+        shutil.rmtree(tmp, ignore_errors=True)
+        tmp.mkdir(parents=True)
+        size = int(round(codec.size * big_factor))
+        crops = np.lib.format.open_memmap(tmp / "crops.npy", mode="w+", dtype=np.float16, shape=(n, size, size))
+        labels, z_mm, located = [], [], []
+        chunk = 200
+        jobs = [(seed, s, min(n, s + chunk), codec.to_config(), big_factor) for s in range(0, n, chunk)]
+        ctx = get_context("spawn")
+        with ctx.Pool(workers) as pool, tqdm(total=n, desc=f"render seed {seed}", disable=not progress,
+                                             unit="frame") as bar:
+            at = 0
+            for c, lab, z, loc in pool.imap(_render_range, jobs):
+                crops[at : at + len(c)] = c
+                labels.append(lab)
+                z_mm.append(z)
+                located.append(loc)
+                at += len(c)
+                bar.update(len(c))
+        crops.flush()
+        del crops
+        np.save(tmp / "labels.npy", np.concatenate(labels))
+        np.save(tmp / "z_mm.npy", np.concatenate(z_mm))
+        np.save(tmp / "located.npy", np.concatenate(located))
+        (tmp / "done").write_text(json.dumps({"n": n, "seed": seed, "big_factor": big_factor}))
+        shutil.rmtree(path, ignore_errors=True)
+        os.replace(tmp, path)
+    located = np.load(path / "located.npy")
+    meta = {"located_fraction": float(located.mean())}
+    return CropSet(np.load(path / "crops.npy", mmap_mode="r"), np.load(path / "labels.npy"),
+                   np.load(path / "z_mm.npy"), located, big_factor, meta)
+
+
+# -- task ----------------------------------------------------------------------------------------
 
 
 class DeepPriorTask:
-    """:class:`~handpose_core.training.harness.TrainTask` for DeepPrior on cached crops."""
+    """:class:`~handpose_core.training.harness.TrainTask` for DeepPrior on cached crops.
 
-    def __init__(self, rcp: DeepPriorRecipe, crops: np.ndarray, labels: np.ndarray, codec: DepthCropCodec,
-                 joint_names: tuple[str, ...] = HAND21.joint_names, provenance: dict | None = None) -> None:
+    ``data`` is a :class:`CropSet` (or ``crops``/``labels`` arrays at the codec's cube, wrapped by
+    :meth:`CropSet.plain`). The PCA is fitted on labels drawn the way training draws them.
+    """
+
+    def __init__(self, rcp: DeepPriorRecipe, crops, labels: np.ndarray | None = None,
+                 codec: DepthCropCodec | None = None, joint_names: tuple[str, ...] = HAND21.joint_names,
+                 provenance: dict | None = None, pca_samples: int = 20000) -> None:
         self.recipe = rcp
-        self.crops = crops
-        self.labels = labels.reshape(len(labels), -1, 3)
-        self.codec = codec
+        self.data = crops if isinstance(crops, CropSet) else CropSet.plain(crops, labels)
+        self.codec = codec or DepthCropCodec()
         self.joint_names = tuple(joint_names)
         self.provenance = dict(provenance or {})
         self.model_name = rcp.model
         self.model_config = {"num_joints": len(self.joint_names), "bottleneck": rcp.bottleneck,
-                             "input_size": codec.size, **rcp.model_config}
-        self.pca_mean, self.pca_basis = fit_pca(self.labels, rcp.bottleneck)
+                             "input_size": self.codec.size, **rcp.model_config}
+        self.labels = self.data.labels.reshape(len(self.data), -1, 3)
+        if self.labels.shape[1] != len(self.joint_names):
+            raise HandPoseError(f"labels have {self.labels.shape[1]} joints, joint_names {len(self.joint_names)}")
+        # PCA of the labels as training sees them (after re-cropping and augmentation)
+        rng = np.random.default_rng(12345)
+        idx = rng.integers(0, len(self.data), min(pca_samples, max(pca_samples // 4, len(self.data))))
+        pca_labels = self._draw(rng, idx, labels_only=True)[1].reshape(len(idx), -1).numpy()
+        self.pca_mean, self.pca_basis = fit_pca(pca_labels, rcp.bottleneck)
+        self.pca_fitted_on = len(idx)
+        proj = (pca_labels - self.pca_mean) @ self.pca_basis @ self.pca_basis.T + self.pca_mean
+        self.pca_residual_mm = float(np.linalg.norm((pca_labels - proj).reshape(len(idx), -1, 3), axis=-1).mean()
+                                     * self.codec.cube_mm / 2)
+
+    def _draw(self, rng: np.random.Generator, idx: np.ndarray, labels_only: bool = False):
+        """Crops (B, 1, S, S) and labels (B, J, 3) of items ``idx`` with this recipe's re-crop draw."""
+        r = self.recipe
+        n = len(idx)
+        big = self.data.big_factor
+        labels = torch.from_numpy(self.labels[idx])
+        half_in = self.codec.cube_mm * big / 2  # mm per normalized unit of the cached crops
+        if r.augment:
+            gt = rng.random(n) < r.p_gt_centre
+            centroid = self.labels[idx].mean(axis=1)
+            jitter = np.where(gt, r.gt_jitter_mm, r.jitter_mm)[:, None] / half_in
+            t = np.where(gt[:, None], centroid, 0.0) + rng.normal(size=(n, 3)) * jitter
+            theta = rng.uniform(-np.radians(r.rot_deg), np.radians(r.rot_deg), n)
+            scale = rng.uniform(1 - r.scale, 1 + r.scale, n)
+            flip = rng.random(n) < r.flip_prob
+        else:
+            t, theta, scale, flip = np.zeros((n, 3)), np.zeros(n), np.ones(n), np.zeros(n, bool)
+        z = self.data.z_mm[idx].astype(np.float64)
+        z_ratio = np.where(np.isfinite(z), 1.0 + t[:, 2] * half_in / np.where(np.isfinite(z), z, 1.0), 1.0)
+        tt = [torch.from_numpy(np.asarray(a, np.float32)) for a in (t, theta, scale, z_ratio)]
+        flip_t = torch.from_numpy(flip)
+        if labels_only:
+            crops = torch.ones(n, 1, 2, 2)
+            size = 2
+        else:
+            crops = torch.from_numpy(np.asarray(self.data.crops[idx], dtype=np.float32))[:, None]
+            size = self.codec.size
+        return recrop(crops, labels, tt[0], tt[1], tt[2], flip_t, big, size, z_ratio=tt[3])
 
     def build_model(self) -> torch.nn.Module:
         model = create_model(self.model_name, **self.model_config)
@@ -162,22 +340,27 @@ class DeepPriorTask:
         step = start_step
         while True:
             rng = np.random.default_rng([seed, step])
-            idx = rng.integers(0, len(self.crops), batch_size)
-            x = torch.from_numpy(self.crops[idx].astype(np.float32))[:, None]
-            y = torch.from_numpy(self.labels[idx])
-            if self.recipe.augment:
-                x, y = augment(x, y, rng, self.recipe.rot_deg, self.recipe.scale, self.recipe.shift)
-            yield x, y
+            idx = np.sort(rng.integers(0, len(self.data), batch_size))  # sorted: kinder to the memory map
+            yield self._draw(rng, idx)
             step += 1
 
     def loss(self, model, batch, device) -> tuple[torch.Tensor, dict]:
         x, y = (t.to(device, non_blocking=True) for t in batch)
-        pred = model(x)
+        if device.type == "cpu" and self.recipe.bf16_cpu and hasattr(model, "forward_head"):
+            with torch.autocast("cpu", dtype=torch.bfloat16):
+                features = model.forward_features(x)
+            pred = model.forward_head(features.float())
+        else:
+            pred = model(x).float()
         if self.recipe.loss == "caffe_euclidean":
             # Caffe's EuclideanLoss: sum of squares over the batch / (2N)
             loss = ((pred - y) ** 2).sum() / (2 * x.shape[0])
-        else:
+        elif self.recipe.loss == "smooth_l1":
+            loss = F.smooth_l1_loss(pred, y, beta=self.recipe.smooth_l1_beta, reduction="mean") * 3
+        elif self.recipe.loss == "euclidean_joint":
             loss = torch.sqrt(((pred - y) ** 2).sum(-1) + 1e-8).mean()
+        else:
+            raise HandPoseError(f"unknown loss {self.recipe.loss!r} (smooth_l1, euclidean_joint, caffe_euclidean)")
         # One normalized unit is half the cube: report an approximate mm figure while training.
         mm = torch.linalg.vector_norm(pred.detach() - y, dim=-1).mean() * (self.codec.cube_mm / 2)
         return loss, {"approx_error_mm": float(mm)}
@@ -187,7 +370,9 @@ class DeepPriorTask:
             "modality": "depth",
             "joint_names": list(self.joint_names),
             "codec": self.codec.to_config(),
-            "pca": {"k": self.recipe.bottleneck, "fitted_on": int(len(self.labels))},
+            "inference": {"passes": int(self.recipe.passes)},
+            "pca": {"k": self.recipe.bottleneck, "fitted_on": int(self.pca_fitted_on),
+                    "residual_mm": round(self.pca_residual_mm, 3)},
             "recipe": {k: v for k, v in asdict(self.recipe).items() if k != "train"},
             "provenance": self.provenance,
         }
