@@ -2,7 +2,8 @@
 
 The node runs as its own process (console entry point ``handpose_node``, or the same ``main`` via
 ``python -c`` where the package is not installed), on a private ROS_DOMAIN_ID. This process
-publishes 640x480 synthetic frames at a fixed rate, stamped with the time of publishing, and
+publishes 640x480 frames of a moving synthetic hand (``SyntheticHands.trajectory``, as a camera
+would see it) at a fixed rate, stamped with the time of publishing, and
 subscribes to ``/handpose/keypoints`` and ``/diagnostics``. For depth (16UC1 + camera_info) and
 RGB (rgb8) in turn it reports:
 
@@ -261,12 +262,16 @@ def main(argv: list[str] | None = None) -> int:
         help="QoS of the image stream (publisher and node parameter image_reliability); see the module doc",
     )
     parser.add_argument("--only", choices=("depth", "rgb"), help="run one modality")
+    parser.add_argument("--frames", type=int, default=90,
+                        help="length of the synthetic trajectory, frames (looped forward and backward)")
     args = parser.parse_args(argv)
 
     from handpose_core.data.synthetic import SynthConfig, SyntheticHands
 
-    hands = SyntheticHands(SynthConfig(), seed=0)
-    frames = [hands[i] for i in range(16)]
+    # A camera's view of a moving hand (what the RGB path's tracking relies on), played forward then
+    # backward so that looping it never jumps.
+    forward = list(SyntheticHands(SynthConfig(), seed=0).trajectory(args.frames, fps=args.rate))
+    frames = forward + forward[-2:0:-1]
     results: dict = {
         "machine": machine_info(),
         "config": {
@@ -282,6 +287,7 @@ def main(argv: list[str] | None = None) -> int:
             "rmw": os.environ.get("RMW_IMPLEMENTATION", "default (rmw_fastrtps_cpp)"),
             "fastdds_builtin_transports": os.environ.get("FASTDDS_BUILTIN_TRANSPORTS", "default"),
             "latency": "header stamp (set at publish) -> keypoints callback in the publishing process",
+            "frames": f"synthetic trajectory of {args.frames} frames (seed 0), looped forward and backward",
         },
     }
     with tempfile.TemporaryDirectory() as tmp:

@@ -73,3 +73,15 @@ def test_seed_recipe_is_the_notebooks():
     cfg = rcp.train
     assert (cfg.optimizer, cfg.lr, cfg.momentum, cfg.lr_policy, cfg.lr_gamma, cfg.lr_power, cfg.batch_size) == (
         "sgd", 5e-6, 0.9, "inv", 1e-4, 0.75, 64)
+
+
+def test_cpu_bf16_only_where_the_cpu_has_it(monkeypatch):
+    from handpose_core.training import harness
+
+    assert harness.use_cpu_bf16(False) is False
+    monkeypatch.setattr(torch.ops.mkldnn, "_is_mkldnn_bf16_supported", lambda: True)
+    monkeypatch.setattr(torch.cpu, "_is_amx_tile_supported", lambda: False)
+    monkeypatch.setattr(torch.cpu, "_is_avx512_bf16_supported", lambda: False)
+    assert harness.use_cpu_bf16(True) is False  # oneDNN would emulate it: slower than float32
+    monkeypatch.setattr(torch.cpu, "_is_avx512_bf16_supported", lambda: True)
+    assert harness.use_cpu_bf16(True) is True

@@ -42,7 +42,7 @@ from handpose_core.codecs.belief_maps import (
 )
 from handpose_core.errors import HandPoseError
 from handpose_core.keypoints import HAND21
-from handpose_core.training.harness import TrainConfig
+from handpose_core.training.harness import TrainConfig, use_cpu_bf16
 from handpose_core.training.metrics_2d import evaluate_2d
 
 log = logging.getLogger(__name__)
@@ -96,8 +96,9 @@ class Recipe:
     data: DataConfig = field(default_factory=DataConfig)
     augment: AugmentConfig = field(default_factory=AugmentConfig)
     sigma_px: float = 6.0  # Gaussian target std in input pixels
-    # CPU speed-ups: bfloat16 autocast (oneDNN, ~1.3x on AVX512-BF16 CPUs) and channels-last
-    # tensors (~1.3x); together ~2x per step. Weights, BatchNorm and the loss stay float32.
+    # CPU speed-ups: bfloat16 autocast (oneDNN, ~1.3x on AVX512-BF16 CPUs; only used where the
+    # CPU has native bfloat16, see harness.use_cpu_bf16) and channels-last tensors (~1.3x);
+    # together ~2x per step. Weights, BatchNorm and the loss stay float32.
     cpu_bf16: bool = False
     channels_last: bool = False
     # Foreground weighting of the L2 loss: pixel weight 1 + fg_weight * (max over the keypoint
@@ -291,6 +292,7 @@ class CPMTask:
 
         self.recipe = recipe
         self.recipe_name = recipe_name
+        self._cpu_bf16 = use_cpu_bf16(recipe.cpu_bf16)
         self.model_name = recipe.model_name
         self.model_config = dict(recipe.model_config)
         probe = create_model(self.model_name, **self.model_config)
@@ -339,7 +341,7 @@ class CPMTask:
         x, target = (t.to(device, non_blocking=True) for t in batch)
         if self.recipe.channels_last:
             x = x.contiguous(memory_format=torch.channels_last)
-        with torch.autocast("cpu", dtype=torch.bfloat16, enabled=self.recipe.cpu_bf16 and device.type == "cpu"):
+        with torch.autocast("cpu", dtype=torch.bfloat16, enabled=self._cpu_bf16 and device.type == "cpu"):
             stages = model(x)
         if self.recipe.fg_weight > 0:
             weight = 1.0 + self.recipe.fg_weight * target[:, :-1].amax(dim=1, keepdim=True)

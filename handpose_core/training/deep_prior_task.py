@@ -44,7 +44,7 @@ from handpose_core.errors import HandPoseError
 from handpose_core.keypoints import HAND21
 from handpose_core.models import create_model
 from handpose_core.models.deep_prior import fit_pca, load_pca
-from handpose_core.training.harness import TrainConfig
+from handpose_core.training.harness import TrainConfig, use_cpu_bf16
 
 log = logging.getLogger(__name__)
 
@@ -75,7 +75,9 @@ class DeepPriorRecipe:
     flip_prob: float = 0.5
     big_factor: float = 1.5  # cached crops: this many times the cube (room to re-centre)
     passes: int = 2
-    bf16_cpu: bool = True  # on a CPU, run the conv features in bfloat16 (about 1.7x faster); the head stays fp32
+    # on a CPU with native bfloat16 (harness.use_cpu_bf16), run the conv features in bfloat16
+    # (about 1.7x faster there); the head stays fp32. Ignored on other CPUs, where it is slower.
+    bf16_cpu: bool = True
     train: TrainConfig = field(default_factory=TrainConfig)
 
 
@@ -282,6 +284,7 @@ class DeepPriorTask:
                  codec: DepthCropCodec | None = None, joint_names: tuple[str, ...] = HAND21.joint_names,
                  provenance: dict | None = None, pca_samples: int = 20000) -> None:
         self.recipe = rcp
+        self._cpu_bf16 = use_cpu_bf16(rcp.bf16_cpu)
         self.data = crops if isinstance(crops, CropSet) else CropSet.plain(crops, labels)
         self.codec = codec or DepthCropCodec()
         self.joint_names = tuple(joint_names)
@@ -346,7 +349,7 @@ class DeepPriorTask:
 
     def loss(self, model, batch, device) -> tuple[torch.Tensor, dict]:
         x, y = (t.to(device, non_blocking=True) for t in batch)
-        if device.type == "cpu" and self.recipe.bf16_cpu and hasattr(model, "forward_head"):
+        if device.type == "cpu" and self._cpu_bf16 and hasattr(model, "forward_head"):
             with torch.autocast("cpu", dtype=torch.bfloat16):
                 features = model.forward_features(x)
             pred = model.forward_head(features.float())
