@@ -78,14 +78,17 @@ def _models_table(payload: dict) -> list[str]:
 
 
 def _node_table(payload: dict) -> list[str]:
-    lines = ["| stream | out Hz | p50 ms | p95 ms | node dropped | lost before node |", "|---|---|---|---|---|---|"]
-    for modality in ("depth", "rgb"):
-        r = payload.get(modality)
-        if r:
-            lat = r["latency_stamp_to_subscriber"]
-            lines.append(f"| {modality} {r['image_size'][0]}x{r['image_size'][1]} @ {r['rate_hz']:g} Hz | "
-                         f"{r['output_hz']:.1f} | {lat['p50_ms']:.1f} | {lat['p95_ms']:.1f} | "
-                         f"{r['node_dropped_frames']} | {r['lost_before_node']} |")
+    lines = ["| stream | DDS transport | runs | out Hz | p50 ms | p95 ms | run p50s ms | node dropped "
+             "| lost before node |", "|---|---|---|---|---|---|---|---|---|"]
+    for r in payload.values():
+        if not (isinstance(r, dict) and "latency_stamp_to_subscriber" in r):
+            continue
+        lat = r["latency_stamp_to_subscriber"]
+        runs = ", ".join(f"{x['latency_stamp_to_subscriber']['p50_ms']:.1f}" for x in r.get("runs", []))
+        lines.append(f"| {r['encoding']} {r['image_size'][0]}x{r['image_size'][1]} @ {r['rate_hz']:g} Hz | "
+                     f"{r.get('transport', 'default')} | {r.get('repeats', 1)} | {r['output_hz']:.1f} | "
+                     f"{lat['p50_ms']:.1f} | {lat['p95_ms']:.1f} | {runs or '-'} | {r['node_dropped_frames']} | "
+                     f"{r['lost_before_node']} |")
     return lines
 
 
@@ -129,7 +132,8 @@ def main(argv: list[str] | None = None) -> int:
         payload = json.loads(out.read_text())
         lines += [f"## {module_name} (`{out}`)", ""]
         machine = payload.get("machine", {})
-        lines += [f"Machine: {machine.get('cpu')}, {machine.get('cores')} cores, torch {machine.get('torch')}, "
+        lines += [f"Machine: {machine.get('cpu')} ({machine.get('cpu_capability', '?')}), {machine.get('cores')} "
+                  f"cores, torch {machine.get('torch')}, "
                   f"GPU {machine.get('cuda') or 'none'}.", ""]
         if json_name in TABLES:
             lines += TABLES[json_name](payload)
