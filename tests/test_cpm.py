@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import dataclasses
+
 import numpy as np
 import pytest
 import torch
@@ -227,6 +229,14 @@ def test_training_task_batches_loss_and_determinism(tmp_path):
     assert float(loss.detach()) == pytest.approx(sum(scalars.values()), rel=1e-5)
     meta = task.checkpoint_meta()
     assert meta["modality"] == "rgb" and meta["input"]["size"] == 64
+    # foreground weighting: each pixel's squared error weighs 1 + fg_weight * (target peak height)
+    weighted = CPMTask(dataclasses.replace(RECIPES["cpm_tiny"], fg_weight=4.0), train_data=data)
+    stages = model(x1)
+    expected = sum(float(((1 + 4.0 * y1[:, :21].amax(1, keepdim=True)) * (s.detach() - y1) ** 2).mean())
+                   for s in stages)
+    w_loss, _ = weighted.loss(model, (x1, y1), torch.device("cpu"))
+    assert float(w_loss.detach()) == pytest.approx(expected, rel=1e-4)
+    assert float(w_loss.detach()) > float(loss.detach())
 
 
 def test_tiny_training_run_writes_loadable_checkpoint(tmp_path):

@@ -103,7 +103,7 @@ class Recipe:
     channels_last: bool = False
     # Foreground weighting of the L2 loss: pixel weight 1 + fg_weight * (max over the keypoint
     # targets), so the few pixels near joints are not drowned by the easy background. 0 = plain
-    # L2 as in the CPM paper.
+    # L2 as in the CPM paper (and the packaged cpm_light weights); train_cpm --fg-weight sets it.
     fg_weight: float = 0.0
 
 
@@ -115,7 +115,7 @@ RECIPES: dict[str, Recipe] = {
         TrainConfig(steps=20000, batch_size=16, optimizer="adam", lr=2e-3, weight_decay=1e-4,
                     lr_policy="cosine", warmup_steps=100, grad_clip=5.0, time_budget_s=2280.0,
                     log_every=20, ckpt_every=500, out_dir="runs/cpm_light"),
-        sigma_px=8.0, cpu_bf16=True, channels_last=True, fg_weight=5.0,
+        sigma_px=8.0, cpu_bf16=True, channels_last=True,
     ),
     # The OpenPose layout (VGG-19, 6 stages, 368 px): a GPU recipe; one CPU step takes seconds.
     "cpm_openpose": Recipe(
