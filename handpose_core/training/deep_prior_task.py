@@ -78,6 +78,10 @@ class DeepPriorRecipe:
     # on a CPU with native bfloat16 (harness.use_cpu_bf16), run the conv features in bfloat16
     # (about 1.7x faster there); the head stays fp32. Ignored on other CPUs, where it is slower.
     bf16_cpu: bool = True
+    # channels-last tensors for training (memory layout only, same maths): oneDNN's convolutions
+    # are faster in NHWC; a batch-64 step on the 2-core AVX2 machine: deep_prior_res 0.21 -> 0.14 s,
+    # deep_prior_seed 0.18 -> 0.11 s.
+    channels_last: bool = True
     train: TrainConfig = field(default_factory=TrainConfig)
 
 
@@ -337,7 +341,7 @@ class DeepPriorTask:
     def build_model(self) -> torch.nn.Module:
         model = create_model(self.model_name, **self.model_config)
         load_pca(model, self.pca_mean, self.pca_basis)
-        return model
+        return model.to(memory_format=torch.channels_last) if self.recipe.channels_last else model
 
     def batches(self, start_step: int, batch_size: int, seed: int) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
         step = start_step
@@ -349,6 +353,8 @@ class DeepPriorTask:
 
     def loss(self, model, batch, device) -> tuple[torch.Tensor, dict]:
         x, y = (t.to(device, non_blocking=True) for t in batch)
+        if self.recipe.channels_last:
+            x = x.contiguous(memory_format=torch.channels_last)
         if device.type == "cpu" and self._cpu_bf16 and hasattr(model, "forward_head"):
             with torch.autocast("cpu", dtype=torch.bfloat16):
                 features = model.forward_features(x)
