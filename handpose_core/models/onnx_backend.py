@@ -63,8 +63,8 @@ class OrtModule:
         options.inter_op_num_threads = 1
         # No busy-waiting between operators: a spinning thread pool keeps every core busy between
         # frames, starving the DDS and executor threads that share a small robot CPU. Measured on the
-        # 2-core development machine (bench/results/node.json): node depth latency p50 20.5 ms with
-        # spinning, see README "Speed" for the figure without; the model alone loses ~0.2 ms.
+        # 2-core development machine (bench.bench_node): node depth latency p50 20.4-23.0 ms with
+        # spinning, 10-12 ms without; the DeepPrior network alone loses ~0.2 ms (0.33 -> 0.56 ms).
         options.add_session_config_entry("session.intra_op.allow_spinning", "0")
         self.session = ort.InferenceSession(buffer.getvalue(), options, providers=["CPUExecutionProvider"])
         self.onnx_bytes = len(buffer.getvalue())
