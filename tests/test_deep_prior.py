@@ -12,7 +12,7 @@ from handpose_core.data.synthetic import SynthConfig, SyntheticHands
 from handpose_core.models import create_model, list_models
 from handpose_core.models.deep_prior import fit_pca, load_pca
 from handpose_core.pipelines.depth import save_untrained
-from handpose_core.training.deep_prior_task import DeepPriorTask, augment, encode_big, recipe, recrop
+from handpose_core.training.deep_prior_task import DeepPriorTask, encode_big, recipe, recrop
 
 DEEP_PRIOR_MODELS = [m for m in list_models() if m.startswith("deep_prior")]
 CAMERA = Intrinsics(475.0, 475.0, 319.5, 239.5)
@@ -163,7 +163,12 @@ def test_augmentation_moves_labels_with_the_image():
         return fg.float().mean().item(), (vals - lab[..., 2])[fg].abs().median().item()
 
     fg0, dd0 = on_hand(x, y)
-    xa, ya = augment(x, y, np.random.default_rng(1), rot_deg=180, scale=0.2, shift=0.1)
+    # random rotation (+-180 deg), cube scale (1 +- 0.2) and centre shift (+-0.1) of same-cube crops
+    rng, n = np.random.default_rng(1), len(x)
+    shift = torch.from_numpy(rng.uniform(-0.1, 0.1, (n, 3))).float()
+    theta = torch.from_numpy(rng.uniform(-np.pi, np.pi, n)).float()
+    scale = torch.from_numpy(rng.uniform(0.8, 1.2, n)).float()
+    xa, ya = recrop(x, y, shift, theta, scale, torch.zeros(n, dtype=torch.bool), 1.0, x.shape[-1])
     fg1, dd1 = on_hand(xa, ya)
     assert xa.shape == x.shape and ya.shape == y.shape
     assert fg1 > fg0 - 0.05 and dd1 < dd0 * 1.5 + 0.01

@@ -1,9 +1,9 @@
 """ONNX Runtime as a CPU backend: the torch model exported once at load, run by onnxruntime.
 
 Why: for these small networks at batch 1, torch's per-operator overhead dominates on a CPU.
-Measured on the 2-core development machine (``bench/results/models.json``): DeepPrior
-(``deep_prior_res``) ~2 ms in torch, ~0.3 ms in onnxruntime on one thread; the light CPM about 2x
-faster. The outputs agree with torch to ~1e-6 (``tests/test_inference_opt.py``).
+Measured on the 2-core AVX2 development machine (``bench/results/models.json``, one thread):
+DeepPrior (``deep_prior_res``) 3.77 ms in torch, 0.78 ms in onnxruntime; the light CPM 11.2 ->
+7.6 ms. The outputs agree with torch to ~1e-6 (``tests/test_inference_opt.py``).
 
 The export uses torch's TorchScript-based exporter (``dynamo=False``): it needs only the ``onnx``
 package, where the newer exporter also needs ``onnxscript``. It is deprecated upstream; the

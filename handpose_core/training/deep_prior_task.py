@@ -39,7 +39,7 @@ import torch
 import torch.nn.functional as F
 from tqdm import tqdm
 
-from handpose_core.codecs.depth_crop import DepthCropCodec, NoHandError
+from handpose_core.codecs.depth_crop import DepthCropCodec, NoHandError, depth_to_mm
 from handpose_core.errors import HandPoseError
 from handpose_core.keypoints import HAND21
 from handpose_core.models import create_model
@@ -146,17 +146,6 @@ def recrop(crops: torch.Tensor, labels: torch.Tensor | None, t: torch.Tensor, th
     return depth, torch.stack([u * f[:, None], v, d], dim=-1)
 
 
-def augment(crops: torch.Tensor, labels: torch.Tensor, rng: np.random.Generator, rot_deg: float,
-            scale: float, shift: float) -> tuple[torch.Tensor, torch.Tensor]:
-    """Random rotation, cube scale and centre shift (uniform, normalized units) of same-cube crops."""
-    n = len(crops)
-    t = torch.from_numpy(rng.uniform(-shift, shift, (n, 3))).float()
-    theta = torch.from_numpy(rng.uniform(-np.radians(rot_deg), np.radians(rot_deg), n)).float()
-    s = torch.from_numpy(rng.uniform(1 - scale, 1 + scale, n)).float()
-    out, lab = recrop(crops, labels, t, theta, s, torch.zeros(n, dtype=torch.bool), 1.0, crops.shape[-1])
-    return out, lab
-
-
 # -- data ----------------------------------------------------------------------------------------
 
 
@@ -201,7 +190,7 @@ def encode_big(codec: DepthCropCodec, depth, xyz_m: np.ndarray, intrinsics, big_
     big = replace(codec, cube_mm=codec.cube_mm * big_factor, size=int(round(codec.size * big_factor)))
     centroid_mm = np.asarray(xyz_m, np.float64).mean(axis=0) * 1000.0
     try:
-        com = codec.locate(_mm(depth), intrinsics)
+        com = codec.locate(depth_to_mm(depth), intrinsics)
         crop = big.encode(depth, intrinsics, com_xyz_mm=com)
         labels = big.encode_joints(xyz_m, crop)
         located = bool(np.all(np.abs(labels.mean(axis=0)) <= max_offset))
@@ -212,12 +201,6 @@ def encode_big(codec: DepthCropCodec, depth, xyz_m: np.ndarray, intrinsics, big_
         crop = big.encode(depth, intrinsics, com_xyz_mm=com)
         labels = big.encode_joints(xyz_m, crop)
     return crop.image.astype(np.float16), labels.reshape(-1), float(com[2]), located
-
-
-def _mm(depth):
-    from handpose_core.codecs.depth_crop import depth_to_mm
-
-    return depth_to_mm(depth)
 
 
 def _render_range(args: tuple[int, int, int, dict, float]) -> tuple[np.ndarray, ...]:
