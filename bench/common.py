@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 import os
 import platform
 import time
@@ -12,7 +11,7 @@ from typing import Any
 
 import numpy as np
 
-from handpose_core.checkpoint import atomic_write
+from handpose_core import atomic
 
 
 def machine_info() -> dict[str, Any]:
@@ -64,5 +63,4 @@ def summarize_ms(seconds: np.ndarray) -> dict[str, float]:
 
 
 def write_json(path: str | os.PathLike, payload: dict[str, Any]) -> None:
-    text = json.dumps(payload, indent=2, sort_keys=False)
-    atomic_write(path, lambda tmp: Path(tmp).write_text(text + "\n"))
+    atomic.write_json(path, payload)

@@ -6,6 +6,7 @@ Every writer in the project (checkpoints, HDF5 files, JSON results, pictures) go
 
 from __future__ import annotations
 
+import json
 import os
 import tempfile
 from pathlib import Path
@@ -31,6 +32,12 @@ def atomic_write(path: str | os.PathLike, write_fn) -> None:
         if os.path.exists(tmp):
             os.unlink(tmp)
         raise
+
+
+def write_json(path: str | os.PathLike, data, indent: int = 2) -> None:
+    """Write ``data`` as JSON (newline-terminated), atomically."""
+    text = json.dumps(data, indent=indent) + "\n"
+    atomic_write(path, lambda tmp: Path(tmp).write_text(text))
 
 
 def write_png(path: str | os.PathLike, image_bgr: np.ndarray) -> None:

@@ -28,7 +28,6 @@ from __future__ import annotations
 import argparse
 import csv
 import importlib
-import json
 import math
 import signal
 import sys
@@ -37,6 +36,8 @@ from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
+
+from handpose_core.atomic import write_json
 
 PROG = "handpose-bag"
 IMAGE_TYPE = "sensor_msgs/msg/Image"
@@ -737,7 +738,7 @@ def write_eval(result: EvalResult, out: str | Path) -> Path:
     out = Path(out)
     out.parent.mkdir(parents=True, exist_ok=True)
     if out.suffix.lower() == ".json":
-        out.write_text(json.dumps(eval_to_json(result), indent=1))
+        write_json(out, eval_to_json(result), indent=1)
     else:
         with out.open("w", newline="") as fh:
             writer = csv.writer(fh)

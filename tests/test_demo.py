@@ -79,7 +79,7 @@ def test_demo_smoke_writes_summary_gifs_and_cleans_up(tmp_path):
         env=demo_env(),
         capture_output=True,
         text=True,
-        timeout=150,
+        timeout=300,  # ~25 s normally; room for the node restarts of a deaf node (Consumer.input_stall)
     )
     assert proc.returncode == 0, proc.stderr[-3000:]
     summary = json.loads((out / "summary.json").read_text())
@@ -175,3 +175,45 @@ def test_a_model_of_the_wrong_modality_is_refused_up_front(tmp_path):
     )
     lines = [line for line in proc.stderr.splitlines() if line.strip()]
     assert proc.returncode == 2 and len(lines) == 1 and "rgb model" in lines[0], proc.stderr
+
+
+def test_a_deaf_node_is_detected_from_its_diagnostics_and_the_wait_returns_why():
+    """The demo restarts a node whose /diagnostics say it received nothing while the demo's own
+    subscriber gets the camera's images (Fast DDS LARGE_DATA, ~1 run in 10); the wait ends early."""
+    import threading
+
+    from diagnostic_msgs.msg import DiagnosticArray, DiagnosticStatus, KeyValue
+    from rclpy.serialization import serialize_message
+    from sensor_msgs.msg import Image
+
+    from tests.ros_util import ros_context
+    from training import demo
+
+    def diagnostics(received: int) -> DiagnosticArray:
+        values = [KeyValue(key="received_frames", value=str(received)), KeyValue(key="input_hz", value="0.00")]
+        return DiagnosticArray(status=[DiagnosticStatus(name="handpose: hand pose", values=values)])
+
+    image = serialize_message(Image(height=1, width=1, encoding="mono8", step=1, data=b"\x00"))
+    with ros_context() as context:
+        consumer = demo.Consumer(context)
+        try:
+            assert consumer.input_stall(0.0) is None  # no diagnostics yet: still loading
+            consumer._on_diagnostics(diagnostics(0))
+            consumer._on_image(image)
+            assert consumer.input_stall(60.0) is None  # not for long enough
+            why = consumer.input_stall(0.0)
+            assert why is not None and "received no image" in why
+            consumer._on_diagnostics(diagnostics(5))
+            assert consumer.input_stall(0.0) is None  # it hears the camera: only slow
+            consumer.reset_for_mode()
+            consumer._on_diagnostics(diagnostics(0))
+            consumer._last_image_time = time.monotonic() - 5.0
+            assert consumer.input_stall(0.0) is None  # the camera is silent here too: not the node's fault
+
+            never = threading.Event()
+            t0 = time.monotonic()
+            assert demo._wait(never, 30.0, [], stalled=lambda: "deaf") == "deaf"
+            assert time.monotonic() - t0 < 5.0
+            assert demo._wait(never, 0.2, [], stalled=lambda: None) == "nothing after 0 s"
+        finally:
+            consumer.close()

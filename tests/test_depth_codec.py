@@ -93,3 +93,53 @@ def test_finds_the_hand_on_every_real_sr305_frame():
         assert crop.com_xyz_mm[2] < body_mm - 25, path.name
         foreground = (crop.image < 0.99).mean()
         assert 0.05 < foreground < 0.6, (path.name, foreground)
+
+
+def _refine_by_gathering(codec: DepthCropCodec, depth_mm, com_uvd, intr, z_limit_mm=np.inf):
+    """The mean shift written plainly (gather the window's points, then average): the oracle
+    for the grid form in DepthCropCodec._refine."""
+    r = codec.refine_stride
+    sub = depth_mm[::r, ::r]
+    half = codec.cube_mm / 2.0
+    min_px = max(1, codec.min_hand_px // (r * r))
+    for _ in range(codec.refine_iters):
+        u, v, d = com_uvd
+        hu, hv = half * intr.fx / d / r, half * intr.fy / d / r
+        x0, x1 = int(max(0, np.floor(u / r - hu))), int(min(sub.shape[1], np.ceil(u / r + hu) + 1))
+        y0, y1 = int(max(0, np.floor(v / r - hv))), int(min(sub.shape[0], np.ceil(v / r + hv) + 1))
+        window = sub[y0:y1, x0:x1]
+        keep = (window > codec.min_depth_mm) & (window < min(codec.max_depth_mm, z_limit_mm))
+        keep &= np.abs(window - d) < half
+        vs, us = np.nonzero(keep)
+        if vs.size < min_px:
+            break
+        zs = window[vs, us].astype(np.float64)
+        xs = ((us + x0) * r - intr.cx) * zs / intr.fx
+        ys = ((vs + y0) * r - intr.cy) * zs / intr.fy
+        cx, cy = (u - intr.cx) * d / intr.fx, (v - intr.cy) * d / intr.fy
+        inside = (xs - cx) ** 2 + (ys - cy) ** 2 + (zs - d) ** 2 < half * half
+        if np.count_nonzero(inside) < min_px:
+            break
+        x, y, z = xs[inside].mean(), ys[inside].mean(), zs[inside].mean()
+        moved = np.sqrt((x - cx) ** 2 + (y - cy) ** 2 + (z - d) ** 2)
+        com_uvd = np.array([x * intr.fx / z + intr.cx, y * intr.fy / z + intr.cy, z])
+        if moved < 0.5:
+            break
+    return com_uvd
+
+
+def test_mean_shift_equals_the_plain_gather_and_average_form(samples):
+    codec = DepthCropCodec()
+    checked = 0
+    for s in samples:
+        depth_mm = depth_to_mm(s.depth_mm)
+        com = codec.locate(depth_mm, s.intrinsics)
+        uv = s.intrinsics.project(com[None])[0]
+        for offset in ((0.0, 0.0, 0.0), (9.0, -6.0, 15.0), (-20.0, 14.0, -30.0)):
+            start = np.array([uv[0], uv[1], com[2]]) + offset
+            for z_limit in (np.inf, com[2] + 60.0):
+                got = codec._refine(depth_mm, start, s.intrinsics, z_limit)
+                want = _refine_by_gathering(codec, depth_mm, start, s.intrinsics, z_limit)
+                np.testing.assert_allclose(got, want, rtol=0, atol=1e-6)
+                checked += 1
+    assert checked == 6 * len(samples)

@@ -35,7 +35,6 @@ set, so two demos or test runs never hear each other.
 from __future__ import annotations
 
 import argparse
-import json
 import math
 import os
 import random
@@ -46,10 +45,13 @@ import sys
 import threading
 import time
 from collections import OrderedDict, deque
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
+
+from handpose_core import atomic
 
 ROOT = Path(__file__).resolve().parents[1]
 PROG = "demo"
@@ -65,6 +67,10 @@ GT_COLOUR = (40, 220, 40)  # RGB
 PRED_COLOUR = (255, 40, 40)
 GIF_FPS = 10.0
 RATE_WINDOW_S = 2.0
+# A node that publishes /diagnostics for STALL_S seconds without receiving one image, while this
+# process receives them, is restarted (at most NODE_RESTARTS times): see Consumer.input_stall.
+STALL_S = 8.0
+NODE_RESTARTS = 2
 
 # Run by the child's Python before exec'ing the real command: ask the kernel to SIGTERM the child
 # when this (parent) process dies, however it dies. PR_SET_PDEATHSIG = 1; survives execve.
@@ -213,6 +219,8 @@ class Consumer:
         self._last_sample_stamp = -math.inf
         self.first_keypoints = threading.Event()
         self.first_truth = threading.Event()
+        self._first_diag_time: float | None = None  # first /diagnostics of the current node
+        self._last_image_time = -math.inf
         self.debug_images: list = []
         self._want_debug = 0
         self._image_sub = None
@@ -272,9 +280,28 @@ class Consumer:
             return self.stats
 
     def reset_for_mode(self) -> None:
+        """Forget the previous node: before starting (or restarting) one."""
         self.first_keypoints.clear()
         with self._lock:
             self.stats = ModeStats()
+            self._first_diag_time = None
+
+    def input_stall(self, after_s: float) -> str | None:
+        """Why the node looks deaf, else None: it has published /diagnostics for ``after_s``
+        seconds, all saying it received no frame, while this process receives the camera's images.
+
+        Seen about once in 10 demo runs with Fast DDS LARGE_DATA: the node that replaces the
+        previous mode's node discovers the camera but never gets its samples. A new node process
+        does; waiting longer does not.
+        """
+        now = time.monotonic()
+        with self._lock:
+            first, diag, last_image = self._first_diag_time, self.stats.diagnostics, self._last_image_time
+        if first is None or now - first < after_s or now - last_image > 1.0:
+            return None
+        if diag.get("received_frames") != "0":
+            return None
+        return f"the node received no image in {now - first:.0f} s of /diagnostics while this process did"
 
     def grab_debug_images(self, count: int, spacing_s: float, timeout_s: float) -> list:
         """Subscribe to the node's ~/debug_image (so it computes it) and keep ``count`` images."""
@@ -295,6 +322,7 @@ class Consumer:
         now = time.monotonic()
         key = _raw_stamp(data)
         with self._lock:
+            self._last_image_time = now
             self._images[key] = data
             while len(self._images) > 60:
                 self._images.popitem(last=False)
@@ -361,6 +389,8 @@ class Consumer:
                 values = {kv.key: kv.value for kv in status.values}
                 with self._lock:
                     self.stats.diagnostics = values
+                    if self._first_diag_time is None:
+                        self._first_diag_time = time.monotonic()
 
     def _on_debug(self, msg) -> None:
         now = time.monotonic()
@@ -473,15 +503,19 @@ def annotate(sample: Sample, mode: str, model_label: str, width: int = 480) -> n
 
 
 def write_gif(frames: list[np.ndarray], path: Path) -> None:
+    """(H, W, 3) RGB frames as a looping GIF at GIF_FPS, atomically."""
     import imageio.v3 as iio
 
-    iio.imwrite(path, np.stack(frames), duration=int(1000 / GIF_FPS), loop=0)
+    atomic.atomic_write(
+        path, lambda tmp: iio.imwrite(tmp, np.stack(frames), extension=".gif", duration=int(1000 / GIF_FPS), loop=0)
+    )
 
 
 def write_png(image: np.ndarray, path: Path) -> None:
+    """An (H, W, 3) RGB image as PNG, atomically."""
     import cv2
 
-    cv2.imwrite(str(path), cv2.cvtColor(image, cv2.COLOR_RGB2BGR))
+    atomic.write_png(path, cv2.cvtColor(image, cv2.COLOR_RGB2BGR))
 
 
 def debug_strip(images: list, height: int = 240) -> np.ndarray:
@@ -700,13 +734,21 @@ def _ros_env() -> tuple[dict[str, str], int]:
     return env, domain
 
 
-def _wait(event: threading.Event, timeout_s: float, procs: list[tuple[str, subprocess.Popen]]) -> str | None:
-    """Wait for ``event``; None when set, else why not (timeout or a process that died)."""
+def _wait(
+    event: threading.Event,
+    timeout_s: float,
+    procs: list[tuple[str, subprocess.Popen]],
+    stalled: Callable[[], str | None] | None = None,
+) -> str | None:
+    """Wait for ``event``; None when set, else why not (timeout, a process that died, or what
+    ``stalled`` says once it returns a reason)."""
     deadline = time.monotonic() + timeout_s
     while not event.wait(0.1):
         for name, proc in procs:
             if proc.poll() is not None:
                 return f"{name} exited with code {proc.returncode}"
+        if stalled is not None and (why := stalled()) is not None:
+            return why
         if time.monotonic() > deadline:
             return f"nothing after {timeout_s:.0f} s"
     return None
@@ -774,7 +816,7 @@ def run(args: argparse.Namespace) -> int:
             consumer.close()
         rclpy.try_shutdown(context=context)
         summary["processes"] = children.report()
-        (out / "summary.json").write_text(json.dumps(summary, indent=2))
+        atomic.write_json(out / "summary.json", summary)
         print(f"{PROG}: wrote {out / 'summary.json'}", file=sys.stderr)
     return code
 
@@ -790,7 +832,6 @@ def run_mode(
 
     image_topic, info_topic, params = MODES[mode]
     log = out / "logs" / f"node_{mode}.log"
-    consumer.reset_for_mode()
     consumer.watch_images(image_topic)
     print(f"{PROG}: {mode} mode: starting handpose node with {model}", file=sys.stderr)
     t_start = time.monotonic()
@@ -799,19 +840,26 @@ def run_mode(
         node_args += ["--params-file", str(ROOT / params)]
     node_args += ["-p", f"model:={model}", "-p", f"device:={args.device}"]
     node_args += ["-r", f"image:={image_topic}", "-r", f"camera_info:={info_topic}"]
-    for attempt in (1, 2):
+    attempts = 1 + NODE_RESTARTS
+    for attempt in range(1, attempts + 1):
+        consumer.reset_for_mode()
         node = children.start(f"{mode} node", node_args, log=log)
-        why = _wait(consumer.first_keypoints, args.startup_timeout, [("handpose node", node)])
+        why = _wait(
+            consumer.first_keypoints,
+            args.startup_timeout,
+            [("handpose node", node)],
+            stalled=lambda: consumer.input_stall(STALL_S),
+        )
         if why is None:
             break
         report = f"no keypoints from the node ({why}; {consumer.node_report()})"
         alive = node.poll() is None
         children.stop(node)
-        if attempt == 1 and alive:
-            # Alive but silent: seen rarely on a loaded machine (DDS discovery that never
-            # completes). A fresh node discovers afresh.
-            print(f"{PROG}: warning: {mode} mode: {report}; restarting the node once", file=sys.stderr)
-            log = out / "logs" / f"node_{mode}_retry.log"
+        if attempt < attempts and alive:
+            # Alive but deaf or silent: DDS discovery that never completes (seen on a loaded
+            # machine, and with LARGE_DATA after the previous node left). A fresh node discovers afresh.
+            print(f"{PROG}: warning: {mode} mode: {report}; restarting the node", file=sys.stderr)
+            log = out / "logs" / f"node_{mode}_retry{attempt}.log"
             continue
         print(f"{PROG}: error: {mode} mode: {report}; log {log}: {_tail(log)}", file=sys.stderr)
         return {"model": model, "failed": f"no keypoints ({why})", "node_log": str(log)}

@@ -30,6 +30,7 @@ import cv2
 import numpy as np
 import torch
 
+from handpose_core.atomic import write_png
 from handpose_core.checkpoint import load_checkpoint
 from handpose_core.codecs.belief_maps import BeliefMapCodec, InputSpec
 from handpose_core.keypoints import HAND21
@@ -134,8 +135,7 @@ def stage_picture(model, codec, spec, crop: np.ndarray, gt_uv: np.ndarray, path:
                              f"stage {t + 1} conf {conf[t, 0, joint]:.2f}"))
     del blank
     grid = np.vstack([np.hstack(r) for r in rows])
-    path.parent.mkdir(parents=True, exist_ok=True)
-    cv2.imwrite(str(path), cv2.cvtColor(grid, cv2.COLOR_RGB2BGR))
+    write_png(path, cv2.cvtColor(grid, cv2.COLOR_RGB2BGR))
     return path
 
 

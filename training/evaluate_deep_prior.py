@@ -11,7 +11,6 @@ worst joint is within d mm", d = 0..80, detection rate) and OUT/eval.png (the cu
 from __future__ import annotations
 
 import argparse
-import json
 import sys
 import time
 from pathlib import Path
@@ -21,7 +20,7 @@ import torch
 from tqdm import tqdm
 
 from handpose_core import HandPoseEstimator
-from handpose_core.atomic import atomic_write, write_png
+from handpose_core.atomic import write_json, write_png
 from handpose_core.data.synthetic import SynthConfig, SyntheticHands
 from handpose_core.errors import HandPoseError
 from handpose_core.training.metrics import plot_curves, pose_metrics
@@ -85,8 +84,7 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
-    text = json.dumps(figures, indent=2)
-    atomic_write(out / f"{args.name}.json", lambda tmp: Path(tmp).write_text(text + "\n"))
+    write_json(out / f"{args.name}.json", figures)
     title = (f"{figures['model']}: mean {figures['mean_error_mm']:.1f} mm, "
              f"{figures['frames_within_40mm']:.0%} of frames within 40 mm (n={figures['n_frames']})")
     img = plot_curves({figures["model"]: (figures["thresholds_mm"], figures["fraction_within"])}, title)

@@ -251,6 +251,7 @@ class DepthCropCodec:
         sub = depth_mm[::r, ::r]
         half = self.cube_mm / 2.0
         min_px = max(1, self.min_hand_px // (r * r))
+        z_max = min(self.max_depth_mm, z_limit_mm)
         for _ in range(self.refine_iters):
             u, v, d = com_uvd
             hu, hv = half * intr.fx / d / r, half * intr.fy / d / r
@@ -258,22 +259,26 @@ class DepthCropCodec:
             x1 = int(min(sub.shape[1], np.ceil(u / r + hu) + 1))
             y0 = int(max(0, np.floor(v / r - hv)))
             y1 = int(min(sub.shape[0], np.ceil(v / r + hv) + 1))
-            window = sub[y0:y1, x0:x1]
-            keep = (window > self.min_depth_mm) & (window < min(self.max_depth_mm, z_limit_mm))
-            keep &= np.abs(window - d) < half
-            vs, us = np.nonzero(keep)
-            if vs.size < min_px:
+            z = sub[y0:y1, x0:x1].astype(np.float64)
+            keep = (z > self.min_depth_mm) & (z < z_max) & (np.abs(z - d) < half)
+            if np.count_nonzero(keep) < min_px:
                 break
-            zs = window[vs, us].astype(np.float64)
-            xs = ((us + x0) * r - intr.cx) * zs / intr.fx
-            ys = ((vs + y0) * r - intr.cy) * zs / intr.fy
+            # On the window grid, without gathering the points: a pixel's ray is (a[col], b[row], 1),
+            # so its 3D point is (a z, b z, z) and the sums of x and y are column/row sums of z.
+            a = (np.arange(x0, x1) * r - intr.cx) / intr.fx
+            b = (np.arange(y0, y1) * r - intr.cy) / intr.fy
             cx, cy = (u - intr.cx) * d / intr.fx, (v - intr.cy) * d / intr.fy
-            inside = (xs - cx) ** 2 + (ys - cy) ** 2 + (zs - d) ** 2 < half * half
-            if np.count_nonzero(inside) < min_px:
+            dist2 = (a[None, :] * z - cx) ** 2
+            dist2 += (b[:, None] * z - cy) ** 2
+            dist2 += (z - d) ** 2
+            inside = keep & (dist2 < half * half)
+            n = np.count_nonzero(inside)
+            if n < min_px:
                 break
-            x, y, z = xs[inside].mean(), ys[inside].mean(), zs[inside].mean()
-            moved = np.sqrt((x - cx) ** 2 + (y - cy) ** 2 + (z - d) ** 2)
-            com_uvd = np.array([x * intr.fx / z + intr.cx, y * intr.fy / z + intr.cy, z])
+            z_in = np.where(inside, z, 0.0)
+            x, y, z_mean = float(z_in.sum(axis=0) @ a) / n, float(z_in.sum(axis=1) @ b) / n, float(z_in.sum()) / n
+            moved = np.sqrt((x - cx) ** 2 + (y - cy) ** 2 + (z_mean - d) ** 2)
+            com_uvd = np.array([x * intr.fx / z_mean + intr.cx, y * intr.fy / z_mean + intr.cy, z_mean])
             if moved < 0.5:
                 break
         return com_uvd
@@ -295,21 +300,28 @@ class DepthCropCodec:
         offset = centre - linear @ com_uv
         return np.hstack([linear, offset[:, None]])
 
-    def encode(
+    def encode(self, depth: np.ndarray, intrinsics: Intrinsics, **options) -> DepthCrop:
+        """Depth frame -> :class:`DepthCrop`. Raises :class:`NoHandError` when nothing is in range.
+
+        depth: (H, W) uint16 mm or float32 metres. ``options``: those of :meth:`encode_mm`.
+        """
+        return self.encode_mm(depth_to_mm(depth), intrinsics, **options)
+
+    def encode_mm(
         self,
-        depth: np.ndarray,
+        depth_mm: np.ndarray,
         intrinsics: Intrinsics,
         com_xyz_mm: np.ndarray | None = None,
         rotation_deg: float = 0.0,
         scale: float = 1.0,
         shift_mm: np.ndarray | None = None,
     ) -> DepthCrop:
-        """Depth frame -> :class:`DepthCrop`. Raises :class:`NoHandError` when nothing is in range.
+        """:meth:`encode` of a frame already converted by :func:`depth_to_mm` ((H, W) float32 mm,
+        0 = no data; several crops of one frame convert it once).
 
-        depth: (H, W) uint16 mm or float32 metres. ``com_xyz_mm`` overrides the localisation;
-        ``rotation_deg``, ``scale`` (cube size factor) and ``shift_mm`` (centre jitter) augment.
+        ``com_xyz_mm`` overrides the localisation; ``rotation_deg``, ``scale`` (cube size factor)
+        and ``shift_mm`` (centre jitter) augment.
         """
-        depth_mm = depth_to_mm(depth)
         com = self.locate(depth_mm, intrinsics) if com_xyz_mm is None else np.asarray(com_xyz_mm, float)
         if shift_mm is not None:
             com = com + np.asarray(shift_mm, dtype=np.float64)

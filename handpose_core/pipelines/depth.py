@@ -77,8 +77,9 @@ class DepthPipeline:
             raise HandPoseError(f"depth image must be uint16 (mm) or float32 (m), got dtype {image.dtype}")
         if intrinsics is None:
             raise HandPoseError("a depth model needs camera intrinsics (fx, fy, cx, cy)")
+        depth_mm = depth_to_mm(image)
         try:
-            crop = self.codec.encode(image, intrinsics)
+            crop = self.codec.encode_mm(depth_mm, intrinsics)
         except NoHandError:
             return []
         uvd = self._run(crop)
@@ -89,7 +90,7 @@ class DepthPipeline:
             centre_mm = xyz_m.astype(np.float64).mean(axis=0) * 1000.0
             if not (np.all(np.isfinite(centre_mm)) and centre_mm[2] > 0):
                 break
-            crop = self.codec.encode(image, intrinsics, com_xyz_mm=centre_mm)
+            crop = self.codec.encode_mm(depth_mm, intrinsics, com_xyz_mm=centre_mm)
             uvd = self._run(crop)
             xyz_m = self.codec.decode_joints(uvd, crop)
         uv_px = self.codec.decode_uv(uvd, crop)

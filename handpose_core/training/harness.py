@@ -9,7 +9,6 @@ optimizer and LR policy, progress bar, TensorBoard scalars, periodic evaluation,
 
 from __future__ import annotations
 
-import json
 import logging
 import time
 from collections.abc import Callable, Iterator
@@ -20,7 +19,8 @@ from typing import Any, Protocol
 import torch
 from tqdm import tqdm
 
-from handpose_core.checkpoint import atomic_write, load_checkpoint, save_checkpoint
+from handpose_core.atomic import write_json
+from handpose_core.checkpoint import load_checkpoint, save_checkpoint
 from handpose_core.estimator import resolve_device
 from handpose_core.training.lr import lr_at
 
@@ -207,7 +207,7 @@ def train(
     save(model_path, done, with_optimizer=False, metrics=metrics)
     result = {"step": done, "final_loss": loss_value, "eval": metrics, "checkpoint": str(model_path),
               "seconds": time.perf_counter() - t0, "elapsed_s": elapsed(), "device": str(device)}
-    atomic_write(out / "result.json", lambda tmp: Path(tmp).write_text(json.dumps(result, indent=2)))
+    write_json(out / "result.json", result)
     if writer is not None:
         writer.close()
     return result

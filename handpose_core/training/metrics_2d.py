@@ -13,13 +13,14 @@ Keypoints can be excluded with ``valid`` (N, K) (unlabelled joints); they count 
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 from typing import Any
 
 import cv2
 import numpy as np
 
+from handpose_core import atomic
+from handpose_core.atomic import write_png
 from handpose_core.errors import HandPoseError
 
 DEFAULT_THRESHOLDS = np.linspace(0.0, 0.5, 51)
@@ -141,13 +142,11 @@ def plot_pck(curves: dict[str, dict], path: str | Path, title: str = "PCK", size
         cv2.line(img, (left + pw - 200, ly), (left + pw - 175, ly), colour, 2)
         cv2.putText(img, label, (left + pw - 170, ly + 4), cv2.FONT_HERSHEY_SIMPLEX, 0.42, (0, 0, 0), 1, cv2.LINE_AA)
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    cv2.imwrite(str(path), img)
+    write_png(path, img)
     return path
 
 
 def write_json(data: dict, path: str | Path) -> Path:
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(json.dumps(data, indent=2))
-    return path
+    """``data`` as JSON at ``path`` (atomically); returns the path."""
+    atomic.write_json(path, data)
+    return Path(path)
