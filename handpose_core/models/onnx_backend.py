@@ -2,8 +2,8 @@
 
 Why: for these small networks at batch 1, torch's per-operator overhead dominates on a CPU.
 Measured on the 2-core AVX2 development machine (``bench/results/models.json``, one thread):
-DeepPrior (``deep_prior_res``) 3.77 ms in torch, 0.78 ms in onnxruntime; the light CPM 11.2 ->
-7.6 ms. The outputs agree with torch to ~1e-6 (``tests/test_inference_opt.py``).
+DeepPrior (``deep_prior_res``) 2.71 ms in torch, 0.76 ms in onnxruntime; the light CPM 11.6 ->
+8.8 ms. The outputs agree with torch to ~1e-6 (``tests/test_inference_opt.py``).
 
 The export uses torch's TorchScript-based exporter (``dynamo=False``): it needs only the ``onnx``
 package, where the newer exporter also needs ``onnxscript``. It is deprecated upstream; the
