@@ -138,13 +138,18 @@ def _fmt(value: float) -> str:
     return "nan" if not math.isfinite(value) else f"{value:.2f}"
 
 
-def pipeline_status(snap: StatsSnapshot, name: str, hardware_id: str, info: dict[str, str]) -> DiagnosticStatus:
+def pipeline_status(
+    snap: StatsSnapshot, name: str, hardware_id: str, info: dict[str, str], problem: str | None = None
+) -> DiagnosticStatus:
     """Pack a snapshot into one DiagnosticStatus.
 
     Level: OK while frames flow (or none arrive: a stopped camera is not a node fault); WARN when
-    frames arrive but none yield output, or some were bad in this window.
+    frames arrive but none yield output, or some were bad in this window, or with ``problem`` (its
+    text becomes the message: the node's own finding, such as publishers that deliver nothing).
     """
-    if snap.inputs_in_window and not snap.outputs_in_window:
+    if problem:
+        level, message = DiagnosticStatus.WARN, problem
+    elif snap.inputs_in_window and not snap.outputs_in_window:
         level, message = DiagnosticStatus.WARN, "images arrive but produce no keypoints (see the log)"
     elif snap.bad_in_window:
         level, message = DiagnosticStatus.WARN, f"{snap.bad_in_window} bad input frames (see the log)"

@@ -34,6 +34,7 @@ import functools
 import re
 import sys
 import threading
+import time
 import traceback
 from dataclasses import dataclass
 
@@ -59,6 +60,9 @@ from handpose_ros.diagnostics import KindThrottle, PipelineStats, pipeline_statu
 
 NODE_NAME = "handpose"
 BAD_INPUT_LOG_PERIOD_S = 5.0
+# Active this long with publishers on the image topic and not one image received: say so (log once,
+# and WARN in /diagnostics until an image arrives).
+NO_IMAGE_WARN_S = 10.0
 _DEVICE_RE = re.compile(r"^(auto|cpu|cuda(:\d+)?)$")
 _ENUMS = {
     "precision": ("fp32", "fp16", "bf16"),
@@ -146,6 +150,8 @@ class HandPoseNode(LifecycleNode):
         self._intrinsics_problem = "no camera_info received yet"
         self._stats = PipelineStats()
         self._throttle = KindThrottle(BAD_INPUT_LOG_PERIOD_S)
+        self._active_since = time.monotonic()
+        self._no_image_logged = False
         self._setting_joint_names = False
 
         self.add_on_set_parameters_callback(self._on_set_parameters)
@@ -219,6 +225,7 @@ class HandPoseNode(LifecycleNode):
             self._release_model()
             return result
         self._stats = PipelineStats()
+        self._active_since, self._no_image_logged = time.monotonic(), False
         with self._cond:
             self._stop, self._pending = False, None
         self._worker = threading.Thread(target=self._worker_loop, name="handpose-inference", daemon=True)
@@ -446,13 +453,40 @@ class HandPoseNode(LifecycleNode):
 
     # --- diagnostics ---------------------------------------------------------------------------
 
+    def _no_image_problem(self, received_total: int) -> str | None:
+        """Why no image arrives although the image topic has publishers; None when not so.
+
+        Two causes are common: a QoS mismatch (a reliable subscription and a best-effort camera;
+        rclpy also logs "incompatible QoS"), and Fast DDS delivering nothing to a subscriber that
+        joined a running LARGE_DATA publisher (seen on the development machine; a node restart
+        cures it).
+        """
+        waited = time.monotonic() - self._active_since
+        if received_total or waited < NO_IMAGE_WARN_S or not self._inputs:
+            return None
+        topic = self._inputs[0].topic_name
+        publishers = self.count_publishers(topic)
+        if not publishers:
+            return None
+        problem = (
+            f"{publishers} publisher(s) on {topic} but no image received in {waited:.0f} s: check that "
+            f"their QoS suits image_reliability {self._param('image_reliability')}; with "
+            "FASTDDS_BUILTIN_TRANSPORTS=LARGE_DATA a restart of this node usually helps"
+        )
+        if not self._no_image_logged:
+            self._no_image_logged = True
+            self.get_logger().warning(problem)
+        return problem
+
     def _publish_diagnostics(self) -> None:
         estimator = self._estimator
         if estimator is None or "diagnostics" not in self._outputs:
             return
         snap = self._stats.snapshot()
+        problem = self._no_image_problem(snap.inputs_total)
         status = pipeline_status(
             snap,
+            problem=problem,
             name=f"{self.get_name()}: hand pose",
             hardware_id=str(estimator.device),
             info={

@@ -514,6 +514,45 @@ def test_publisher_reliability(ctx, checkpoints, frames, reliability):
         _close(node)
 
 
+def test_publishers_that_deliver_nothing_are_reported(ctx, checkpoints, frames, monkeypatch):
+    """A best-effort camera and a node with image_reliability reliable never connect: after
+    NO_IMAGE_WARN_S the node says so, once in the log and as WARN in /diagnostics; the first
+    image that arrives (a reliable publisher) clears it."""
+    from diagnostic_msgs.msg import DiagnosticStatus
+
+    monkeypatch.setattr(node_module, "NO_IMAGE_WARN_S", 0.5)
+    node = _make_node(ctx, model=str(checkpoints["depth"]), image_reliability="reliable")
+    rig = _Rig(ctx, reliable_input=False)
+    try:
+        with ru.Spinner(ctx, node, rig.probe.node):
+
+            def latest():
+                msgs = rig.probe.messages("/diagnostics")
+                return msgs[-1].status[0] if msgs else None
+
+            ok = rig.probe.wait_for(lambda: latest() is not None and "no image received" in latest().message, TIMEOUT)
+            assert ok, f"no warning about the silent publisher (last: {latest() and latest().message})"
+            status = latest()
+            assert status.level == DiagnosticStatus.WARN
+            assert "1 publisher(s) on /image" in status.message and "image_reliability reliable" in status.message
+            rig.image_pub.publish(conv.numpy_to_image(frames[0].depth_mm, "16UC1", ru.header(1)))  # lost
+
+            def warnings():
+                return [m.msg for m in rig.probe.messages("/rosout") if "no image received" in m.msg]
+
+            assert rig.probe.wait_for(lambda: warnings(), TIMEOUT), "the problem was not logged"
+            time.sleep(0.5)  # five more diagnostics periods: still one line
+            assert len(warnings()) == 1, warnings()
+
+            reliable = rig.probe.node.create_publisher(Image, "image", ru.qos(True))
+            assert rig.probe.wait_for(lambda: reliable.get_subscription_count() == 1, TIMEOUT)
+            reliable.publish(conv.numpy_to_image(frames[0].depth_mm, "16UC1", ru.header(2)))
+            ok = rig.probe.wait_for(lambda: int(rig.diagnostics_value("received_frames") or 0) >= 1, TIMEOUT)
+            assert ok and "no image received" not in latest().message
+    finally:
+        _close(node)
+
+
 def test_bad_input_stream(ctx, checkpoints, frames, monkeypatch):
     """Good frames interleaved with every kind of bad one: the node stays up, logs one line per
     kind (the throttle window is widened so that the count is exact), and serves every good frame."""
