@@ -74,12 +74,15 @@ def _models_table(payload: dict) -> list[str]:
     cuda = {name: r for name, r in payload.get("cuda", {}).items() if isinstance(r, dict)}
     if cuda:
         lines += ["", f"GPU {payload['machine'].get('cuda')} (BatchNorm folded, channels-last):", "",
-                  "| model/precision | p50 ms, one frame | frames/s at batch 256 | % of matmul peak |",
-                  "|---|---|---|---|"]
+                  "| model/precision | p50 ms, one frame | frames/s at batch 256 | % of matmul peak "
+                  "| CUDA graph: p50 ms, one frame | CUDA graph: frames/s at batch 256 |",
+                  "|---|---|---|---|---|---|"]
         for name, r in cuda.items():
-            o = r["optimized"]
+            o, g = r["optimized"], r.get("cuda_graph", {})
+            graph = (f"{g['single']['p50_ms']:.3f} | {g['batched_frames_per_s']:.0f}" if "single" in g
+                     else f"{g.get('error', '-')} | -")
             lines.append(f"| {name} | {o['single']['p50_ms']:.3f} | {o['batched_frames_per_s']:.0f} | "
-                         f"{100 * o['fraction_of_matmul_peak']:.0f} |")
+                         f"{100 * o['fraction_of_matmul_peak']:.0f} | {graph} |")
     return lines
 
 

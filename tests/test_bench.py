@@ -47,11 +47,26 @@ def test_models_table_lists_cpu_and_cuda_rows():
               "fraction_of_matmul_peak": 0.5}
     model = {"input_shape": [1, 128, 128], "gflops_per_frame": 0.037, "fastest_single": "optimized",
              "plain": timing, "optimized": timing}
+    graphed = dict(model, cuda_graph={"single": {"p50_ms": 0.25}, "batched_frames_per_s": 90000.0})
+    failed = dict(model, cuda_graph={"error": "RuntimeError: no graphs"})
     payload = {"machine": {"cuda": "GPU X"}, "config": {"threads": 2}, "cpu_matmul_gflops_per_s": 90.0,
                "cpu": {"deep_prior_res": model},
-               "cuda": {"matmul_fp16_tflops_per_s": 1.0, "deep_prior_res/fp16": model}}
+               "cuda": {"matmul_fp16_tflops_per_s": 1.0, "deep_prior_res/fp16": graphed,
+                        "deep_prior_res/fp32": failed}}
     rows = _models_table(payload)
     assert rows[0].startswith("CPU float32 matmul: 90.0 GFLOP/s")
     assert any(r.startswith("| deep_prior_res | 1x128x128 | 0.037 |") for r in rows)
-    assert rows[-1] == "| deep_prior_res/fp16 | 1.000 | 2000 | 50 |"
+    assert rows[-2] == "| deep_prior_res/fp16 | 1.000 | 2000 | 50 | 0.250 | 90000 |"
+    assert rows[-1] == "| deep_prior_res/fp32 | 1.000 | 2000 | 50 | RuntimeError: no graphs | - |"
     assert _models_table({"machine": {}, "config": {}, "cpu": {}, "cuda": {}}) == []
+
+
+def test_cuda_graph_bench_reports_a_failed_capture_instead_of_raising():
+    import torch
+
+    from bench.bench_models import bench_cuda_graph
+
+    if torch.cuda.is_available():
+        pytest.skip("a GPU is present: the capture would succeed")
+    out = bench_cuda_graph(torch.nn.Conv2d(1, 1, 3), torch.zeros(1, 1, 8, 8), torch.zeros(4, 1, 8, 8), repeats=3)
+    assert set(out) == {"error"} and out["error"]
