@@ -139,8 +139,12 @@ def bench_cuda_graph(model: torch.nn.Module, x1: torch.Tensor, xb: torch.Tensor,
         sync = torch.cuda.synchronize
         t1 = time_calls(lambda: single(x1), repeats=repeats, sync=sync)
         tb = time_calls(lambda: batched(xb), repeats=max(1, repeats // 5), warmup=1, sync=sync)
-    except Exception as exc:  # noqa: BLE001 - a GPU/driver without graph support: say so in the JSON
+    except Exception as exc:  # noqa: BLE001 - a GPU/driver without graph support, or out of memory: say so
         return {"error": f"{type(exc).__name__}: {exc}"}
+    finally:
+        single = batched = None  # the graphs' private memory pools go with them
+        if torch.cuda.is_available():
+            torch.cuda.empty_cache()
     return {"single": summarize_ms(np.asarray(t1)), "batched_frames_per_s": len(xb) / float(np.median(tb))}
 
 
