@@ -183,7 +183,7 @@ def test_a_model_of_the_wrong_modality_is_refused_up_front(tmp_path):
 
 def test_a_deaf_node_is_detected_from_its_diagnostics_and_the_wait_returns_why():
     """The demo restarts a node whose /diagnostics say it received nothing while the demo's own
-    subscriber gets the camera's images (Fast DDS LARGE_DATA, ~1 run in 10); the wait ends early."""
+    subscriber gets the camera's images (Fast DDS LARGE_DATA, ~1 node start in 8); the wait ends early."""
     import threading
 
     from diagnostic_msgs.msg import DiagnosticArray, DiagnosticStatus, KeyValue

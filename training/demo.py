@@ -290,9 +290,9 @@ class Consumer:
         """Why the node looks deaf, else None: it has published /diagnostics for ``after_s``
         seconds, all saying it received no frame, while this process receives the camera's images.
 
-        Seen about once in 10 demo runs with Fast DDS LARGE_DATA: the node that replaces the
-        previous mode's node discovers the camera but never gets its samples. A new node process
-        does; waiting longer does not.
+        Seen in about 1 node start in 8 with Fast DDS LARGE_DATA (the depth node and the RGB node
+        alike): a node that joins the running camera discovers it but never gets its samples. A new
+        node process does; waiting longer does not.
         """
         now = time.monotonic()
         with self._lock:
