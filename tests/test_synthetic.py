@@ -506,3 +506,18 @@ def test_contact_sheet_is_written(tmp_path):
     sheet = contact_sheet(_small_samples(3), path, cols=2, scale=1.0)
     assert path.is_file() and path.stat().st_size > 1000
     assert sheet.shape[0] == 2 * (120 + 4)
+
+
+def test_a_capsule_seen_end_on_is_hit_on_its_near_cap_not_behind_the_camera():
+    """Rays almost parallel to a capsule's axis meet its infinite cylinder behind the camera; that
+    entry is off the body and must be dropped, not kept as a hit at -inf (which the shading then
+    turned into NaN colours: ~1 frame in 1,000 of the synthetic data had such pixels)."""
+    intr = Intrinsics(475.0, 475.0, 319.5, 239.5, 640, 480)
+    a, b, r = np.array([0.0, 0.0, 0.3]), np.array([0.0, 0.0, 0.6]), 0.02
+    u0, v0, z, _ = raycast_capsules(a[None], b[None], np.array([r]), intr)
+    hit = z < 100
+    assert hit.sum() > 500
+    assert np.all(z[hit] > 0), f"{np.count_nonzero(~(z[hit] > 0))} hits at z <= 0"
+    centre = z[int(round(intr.cy)) - v0, int(round(intr.cx)) - u0]
+    assert abs(centre - (0.3 - r)) < 1e-4  # the near end sphere's front
+    assert z[hit].max() < 0.3 + 1e-4  # nothing seen farther than the near sphere's equator

@@ -95,9 +95,11 @@ def _capsule_keys(consts: np.ndarray, du: np.ndarray, dv: np.ndarray, ids: np.nd
         b2 = rdoa - cap_b * bard
         c2 = m + cap_b * (baba - 2 * baoa)
         s2 = (-b2 - np.sqrt(b2 * b2 - rdrd * c2)) / rdrd
-        # z / False = inf drops body entries that are off the body; a valid body entry is never
-        # behind the end-sphere entry.
-        z = np.fmin(np.fmin((az + s) / body, az + s2), _FAR)
+        # z / False = inf drops body entries that are off the body (abs: an off-body entry behind
+        # the camera would give -inf, which won the min as a hit at -inf; valid entries are in
+        # front of the camera, z > 0, and keep their value); a valid body entry is never behind
+        # the end-sphere entry.
+        z = np.fmin(np.fmin(np.abs((az + s) / body), az + s2), _FAR)
     # Positive float32 bit patterns sort like the floats; the low 6 bits (< 0.02 mm at 2 m)
     # carry the capsule id, so one min-reduction picks the nearest hit and its capsule.
     return (z.view(np.uint32) & ~_KEY_MASK) | ids
