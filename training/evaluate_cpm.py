@@ -109,8 +109,9 @@ def stage_picture(model, codec, spec, crop: np.ndarray, gt_uv: np.ndarray, path:
 
     def panel(img_rgb, title):
         img = cv2.resize(img_rgb, (cell, cell), interpolation=cv2.INTER_NEAREST)
-        cv2.putText(img, title, (6, 18), cv2.FONT_HERSHEY_SIMPLEX, 0.5, (255, 255, 255), 2, cv2.LINE_AA)
-        cv2.putText(img, title, (6, 18), cv2.FONT_HERSHEY_SIMPLEX, 0.5, (0, 0, 0), 1, cv2.LINE_AA)
+        # white on a dark strip: an outlined label is unreadable at this size over a heat map
+        cv2.rectangle(img, (0, 0), (cell - 1, 23), (0, 0, 0), -1)
+        cv2.putText(img, title, (6, 17), cv2.FONT_HERSHEY_SIMPLEX, 0.5, (255, 255, 255), 1, cv2.LINE_AA)
         return img
 
     def heat(m):
