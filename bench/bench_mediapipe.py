@@ -28,7 +28,8 @@ from pathlib import Path
 
 import numpy as np
 
-from bench.common import machine_info, summarize_ms, write_json
+from bench.common import machine_info, summarize_ms
+from handpose_core.atomic import write_json
 
 ROOT = Path(__file__).resolve().parents[1]
 DEFAULT_PYTHON = ROOT / ".venv-mediapipe" / "bin" / "python"

@@ -27,7 +27,8 @@ import numpy as np
 import torch
 from torch.utils.flop_counter import FlopCounterMode
 
-from bench.common import machine_info, summarize_ms, time_calls, write_json
+from bench.common import machine_info, summarize_ms, time_calls
+from handpose_core.atomic import write_json
 from handpose_core.models import create_model, list_models, onnx_backend
 from handpose_core.models.inference import fold_batch_norm
 

@@ -41,7 +41,8 @@ from pathlib import Path
 
 import numpy as np
 
-from bench.common import machine_info, write_json
+from bench.common import machine_info
+from handpose_core.atomic import write_json
 
 ROOT = Path(__file__).resolve().parents[1]
 

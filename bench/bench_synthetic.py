@@ -23,7 +23,8 @@ import time  # noqa: E402
 import cv2  # noqa: E402
 import numpy as np  # noqa: E402
 
-from bench.common import machine_info, write_json  # noqa: E402
+from bench.common import machine_info  # noqa: E402
+from handpose_core.atomic import write_json  # noqa: E402
 from handpose_core.data.synthetic import SynthConfig, SyntheticHands  # noqa: E402
 
 CONFIGS = {

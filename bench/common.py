@@ -1,4 +1,4 @@
-"""Shared benchmark plumbing: machine description, timing statistics, atomic JSON output."""
+"""Shared benchmark plumbing: machine description and timing statistics (JSON goes through handpose_core.atomic)."""
 
 from __future__ import annotations
 
@@ -10,8 +10,6 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-
-from handpose_core import atomic
 
 
 def machine_info() -> dict[str, Any]:
@@ -61,6 +59,3 @@ def summarize_ms(seconds: np.ndarray) -> dict[str, float]:
     return {"p50_ms": float(np.median(ms)), "p95_ms": float(np.percentile(ms, 95)),
             "mean_ms": float(ms.mean()), "n": int(ms.size)}
 
-
-def write_json(path: str | os.PathLike, payload: dict[str, Any]) -> None:
-    atomic.write_json(path, payload)

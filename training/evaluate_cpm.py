@@ -30,7 +30,7 @@ import cv2
 import numpy as np
 import torch
 
-from handpose_core.atomic import write_png
+from handpose_core.atomic import write_json, write_png
 from handpose_core.checkpoint import load_checkpoint
 from handpose_core.codecs.belief_maps import BeliefMapCodec, InputSpec
 from handpose_core.keypoints import HAND21
@@ -43,7 +43,7 @@ from handpose_core.training.cpm_task import (
     held_out_crops,
     predict_crops,
 )
-from handpose_core.training.metrics_2d import evaluate_2d, plot_pck, write_json
+from handpose_core.training.metrics_2d import evaluate_2d, plot_pck
 
 
 def load_model(path: str | Path, device: torch.device):
@@ -185,7 +185,7 @@ def main(argv: list[str] | None = None) -> dict:
             curves[key.replace("_", " (") + ")"] = result[key]
     plot_pck(curves, args.plot, title=f"{blob['model']['name']}: PCK on {len(data)} held-out synthetic hands")
     stage_picture(model, codec, spec, crops[args.stage_frame], gt[args.stage_frame], Path(args.stages_png))
-    write_json(result, args.json)
+    write_json(args.json, result)
     table = ["| stage | PCK@0.2 | AUC 0-0.5 | EPE px |", "|---|---|---|---|"]
     for name, s in crops_result["per_stage"].items():
         table.append(f"| {name} | {s['pck@0.2']:.4f} | {s['auc']:.4f} | {s['epe_mean_px']:.2f} |")

@@ -19,7 +19,6 @@ from typing import Any
 import cv2
 import numpy as np
 
-from handpose_core import atomic
 from handpose_core.atomic import write_png
 from handpose_core.errors import HandPoseError
 
@@ -145,8 +144,3 @@ def plot_pck(curves: dict[str, dict], path: str | Path, title: str = "PCK", size
     write_png(path, img)
     return path
 
-
-def write_json(data: dict, path: str | Path) -> Path:
-    """``data`` as JSON at ``path`` (atomically); returns the path."""
-    atomic.write_json(path, data)
-    return Path(path)
