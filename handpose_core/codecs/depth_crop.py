@@ -86,7 +86,9 @@ class DepthCropCodec:
     search_stride: int = 4  # the search runs on every 4th pixel: 16x fewer pixels, same blobs
     hand_slab_mm: float = 100.0  # a candidate is judged on the slab this deep behind its nearest point
     isolation_mm: float = 50.0  # ... and on how much that slab grows when cut this much deeper
-    search_depth_mm: float = 600.0  # candidates appear at most this far behind the nearest pixel
+    # candidates appear at most this far behind the nearest pixel: far enough to pass a floor that
+    # slopes up to the camera (nearest at ~200 mm) and reach a hand 700 mm behind it
+    search_depth_mm: float = 900.0
     slab_scales: tuple[float, ...] = (1.0, 0.5)  # slab and isolation depths tried, as factors
     max_growth: float = 1.25  # a hand is isolated: its slab grows at most this much (area ratio)
     min_hand_area_mm2: float = 2000.0  # metric area of the slab: a hand edge-on ~ 3000-4000
@@ -208,10 +210,12 @@ class DepthCropCodec:
                     growth = area_d[deeper_of[slab]] / max(area, 1e-6)
                     if not (self.min_hand_area_mm2 <= area <= self.max_hand_area_mm2 and growth <= self.max_growth):
                         continue
+                    rows, cols = np.divmod(np.flatnonzero(labels_s == slab), small.shape[1])
+                    if self._edges_touched(rows, cols, small.shape, band) >= 3:
+                        continue  # a floor or wall seen steeply: a hand with its forearm reaches 1-2 edges
                     # a small blob whose seed is cut by the image border is likely part of something
                     # larger outside the view: only taken when nothing else qualifies
-                    found = (np.divmod(np.flatnonzero(labels_s == slab), small.shape[1]),
-                             near_mm + (i + k_slab + k_iso) * step)
+                    found = ((rows, cols), near_mm + (i + k_slab + k_iso) * step)
                     if area < self.small_hand_area_mm2 and np.all(cut[slab_of == slab]):
                         held = found if held is None else held
                         continue
@@ -238,6 +242,13 @@ class DepthCropCodec:
             return None
         labels, best = fallback
         return np.divmod(np.flatnonzero(labels == best), small.shape[1]), np.inf
+
+    @staticmethod
+    def _edges_touched(rows: np.ndarray, cols: np.ndarray, shape: tuple[int, int], band: int) -> int:
+        """How many of the image's 4 edges (within ``band`` pixels) a blob's pixels reach."""
+        h, w = shape
+        return (int(rows.min() < band) + int(rows.max() >= h - band) + int(cols.min() < band)
+                + int(cols.max() >= w - band))
 
     def _refine(self, depth_mm: np.ndarray, com_uvd: np.ndarray, intr: Intrinsics,
                 z_limit_mm: float = np.inf) -> np.ndarray:
