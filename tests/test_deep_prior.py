@@ -1,5 +1,7 @@
 """DeepPrior: PCA prior, every variant trains, checkpoints round-trip, the estimator never crashes."""
 
+from dataclasses import replace
+
 import numpy as np
 import pytest
 import torch
@@ -12,7 +14,7 @@ from handpose_core.data.synthetic import SynthConfig, SyntheticHands
 from handpose_core.models import create_model, list_models
 from handpose_core.models.deep_prior import fit_pca, load_pca
 from handpose_core.pipelines.depth import save_untrained
-from handpose_core.training.deep_prior_task import DeepPriorTask, encode_big, recipe, recrop
+from handpose_core.training.deep_prior_task import CropSet, DeepPriorTask, encode_big, recipe, recrop
 
 DEEP_PRIOR_MODELS = [m for m in list_models() if m.startswith("deep_prior")]
 CAMERA = Intrinsics(475.0, 475.0, 319.5, 239.5)
@@ -210,6 +212,31 @@ def test_recrop_from_a_big_crop_is_the_codecs_crop_at_that_centre():
         assert ((out < 0.99) != (ref.image < 0.99)).mean() < 0.03  # silhouettes agree up to edge pixels
         both = (out < 0.99) & (ref.image < 0.99)
         assert np.median(np.abs(out - ref.image)[both]) * codec.cube_mm / 2 < 2.0  # mm: neighbour-pixel level
+
+
+def test_input_size_resamples_the_cache_to_the_codecs_crop_at_that_size():
+    """A recipe's input_size cuts model crops of that side out of the 128-px cache: the labels are
+    size-free (normalized uvd), and the crop is the codec's own crop at that size."""
+    gen = SyntheticHands(SynthConfig(render_rgb=False, clutter_prob=0.0), seed=5)
+    codec = DepthCropCodec()
+    items = [encode_big(codec, s.depth_mm, s.xyz_m, s.intrinsics, 1.5) for s in (gen[i] for i in range(4))]
+    data = CropSet(np.stack([it[0] for it in items]), np.stack([it[1] for it in items]),
+                   np.array([it[2] for it in items], np.float32), np.array([it[3] for it in items]), 1.5)
+    rcp = replace(recipe("default"), augment=False, input_size=64)
+    task = DeepPriorTask(rcp, data, codec=codec, pca_samples=8)
+    small = task.codec
+    assert small.size == 64 and task.checkpoint_meta()["codec"]["size"] == 64 and task.model_config["input_size"] == 64
+    x64, y64 = task._draw(np.random.default_rng(0), np.arange(4))
+    x128, y128 = DeepPriorTask(replace(rcp, input_size=0), data, codec=codec, pca_samples=8)._draw(
+        np.random.default_rng(0), np.arange(4))
+    assert x64.shape == (4, 1, 64, 64) and x128.shape == (4, 1, 128, 128)
+    torch.testing.assert_close(y64, y128)
+    for i, s in enumerate(gen[j] for j in range(4)):
+        com = codec.locate(depth_to_mm(s.depth_mm), s.intrinsics) if items[i][3] else s.xyz_m.mean(0) * 1000
+        ref = small.encode(s.depth_mm, s.intrinsics, com_xyz_mm=com)
+        np.testing.assert_allclose(y64[i].numpy(), small.encode_joints(s.xyz_m, ref), atol=1e-4)
+        out = x64[i, 0].numpy()
+        assert ((out < 0.99) != (ref.image < 0.99)).mean() < 0.04  # silhouettes agree up to edge pixels
 
 
 def test_flip_mirrors_image_and_labels():

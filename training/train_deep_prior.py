@@ -42,6 +42,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--steps", type=int, help="optimisation steps (default: the recipe's)")
     p.add_argument("--batch-size", type=int, help="batch size (default: the recipe's, 64)")
     p.add_argument("--lr", type=float, help="base learning rate (default: the recipe's)")
+    p.add_argument("--input-size", type=int, help="side of the model's depth crop, px (default: the recipe's)")
     p.add_argument("--time-budget-min", type=float, default=0.0, help="stop after this many minutes (0 = off)")
     p.add_argument("--device", default="auto", help="auto | cpu | cuda | cuda:N")
     p.add_argument("--threads", type=int, default=0, help="CPU threads for torch (0 = torch's default)")
@@ -101,7 +102,9 @@ def main(argv: list[str] | None = None) -> int:
         if getattr(args, name) is not None:
             setattr(cfg, name, getattr(args, name))
     cfg.eval_every = max(1000, cfg.steps // 10)
-    codec = DepthCropCodec()
+    if args.input_size is not None:
+        rcp.input_size = args.input_size
+    codec = DepthCropCodec()  # crops are cached at this size x big_factor; the task resamples them
     t_data = time.perf_counter()
     try:
         data, names, provenance = load_training_data(args, codec, rcp.big_factor)
@@ -120,11 +123,11 @@ def main(argv: list[str] | None = None) -> int:
         # First-pass crops at the searched centre, as the estimator cuts them; errors in mm at the cube's scale.
         val = synthetic_crops(args.n_val, args.data_seed + 1_000_000, codec, args.cache_dir,
                               workers=args.workers, progress=not args.no_progress, big_factor=rcp.big_factor)
-        x_val, y_val = recrop_plain(val, codec)
+        x_val, y_val = recrop_plain(val, task.codec)
 
         def evaluate(model, device):
             preds = torch.cat([model(x_val[i:i + 256].to(device)).float().cpu() for i in range(0, len(x_val), 256)])
-            err = torch.linalg.vector_norm(preds - y_val, dim=-1) * (codec.cube_mm / 2)
+            err = torch.linalg.vector_norm(preds - y_val, dim=-1) * (task.codec.cube_mm / 2)
             return {"val_approx_mean_mm": float(err.mean()),
                     "val_approx_within_40mm": float((err.max(dim=1).values <= 40).float().mean())}
 

@@ -74,6 +74,9 @@ class DeepPriorRecipe:
     p_gt_centre: float = 0.5
     flip_prob: float = 0.5
     big_factor: float = 1.5  # cached crops: this many times the cube (room to re-centre)
+    # side of the model's crop, px (0 = the codec's, 128). The cache stays at the codec's size x
+    # big_factor; recrop resamples it to this size, so one cache serves every input size.
+    input_size: int = 0
     passes: int = 2
     # on a CPU with native bfloat16 (harness.use_cpu_bf16), run the conv features in bfloat16
     # (about 1.7x faster there); the head stays fp32. Ignored on other CPUs, where it is slower.
@@ -273,7 +276,9 @@ class DeepPriorTask:
         self.recipe = rcp
         self._cpu_bf16 = use_cpu_bf16(rcp.bf16_cpu)
         self.data = crops if isinstance(crops, CropSet) else CropSet.plain(crops, labels)
-        self.codec = codec or DepthCropCodec()
+        codec = codec or DepthCropCodec()
+        # the model's crops (and the checkpoint's codec) at the recipe's input size
+        self.codec = replace(codec, size=rcp.input_size) if rcp.input_size else codec
         self.joint_names = tuple(joint_names)
         self.provenance = dict(provenance or {})
         self.model_name = rcp.model
