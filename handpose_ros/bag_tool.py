@@ -37,7 +37,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from handpose_core.atomic import write_json
+from handpose_core.atomic import atomic_write, write_json
 
 PROG = "handpose-bag"
 IMAGE_TYPE = "sensor_msgs/msg/Image"
@@ -736,14 +736,16 @@ def eval_csv_rows(result: EvalResult) -> Iterator[list]:
 def write_eval(result: EvalResult, out: str | Path) -> Path:
     """Write ``out`` as JSON (``.json``) or CSV (anything else, normally ``.csv``)."""
     out = Path(out)
-    out.parent.mkdir(parents=True, exist_ok=True)
     if out.suffix.lower() == ".json":
         write_json(out, eval_to_json(result), indent=1)
     else:
-        with out.open("w", newline="") as fh:
-            writer = csv.writer(fh)
-            writer.writerow(CSV_COLUMNS)
-            writer.writerows(eval_csv_rows(result))
+        def write_csv(tmp: str) -> None:
+            with open(tmp, "w", newline="") as fh:
+                writer = csv.writer(fh)
+                writer.writerow(CSV_COLUMNS)
+                writer.writerows(eval_csv_rows(result))
+
+        atomic_write(out, write_csv)
     return out
 
 
