@@ -82,8 +82,7 @@ def main(argv: list[str] | None = None) -> int:
     except HandPoseError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
-    out = Path(args.out)
-    out.mkdir(parents=True, exist_ok=True)
+    out = Path(args.out)  # the atomic writers create it
     write_json(out / f"{args.name}.json", figures)
     title = (f"{figures['model']}: mean {figures['mean_error_mm']:.1f} mm, "
              f"{figures['frames_within_40mm']:.0%} of frames within 40 mm (n={figures['n_frames']})")
