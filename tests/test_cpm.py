@@ -74,6 +74,21 @@ def test_light_and_full_share_output_contract():
     assert light.stride == full.stride == 8
 
 
+def test_light_recipe_and_packaged_weights_record_their_full_layout():
+    """A checkpoint with config {} would silently take whatever the variant's defaults are today."""
+    from handpose_core.estimator import resolve_checkpoint
+    from handpose_core.models.cpm import LIGHT_CONFIG
+    from handpose_core.training.cpm_task import RECIPES
+
+    assert RECIPES["cpm_light"].model_config == LIGHT_CONFIG
+    blob = load_checkpoint(resolve_checkpoint("default:rgb"))
+    config = blob["model"]["config"]
+    assert set(config) >= {"stages", "width", "stage_kernel", "light_base", "input_size"}
+    assert config["input_size"] == blob["meta"]["input"]["size"] == blob["meta"]["codec"]["input_size"]
+    model = create_model(blob["model"]["name"], **config)
+    model.load_state_dict(blob["state_dict"])  # strict: every tensor's name and shape match
+
+
 def test_checkpoint_round_trip_weights_only(tmp_path):
     path = save_untrained(tmp_path / "cpm.pt")
     blob = torch.load(path, map_location="cpu", weights_only=True)

@@ -169,7 +169,7 @@ def main(argv: list[str] | None = None) -> dict:
     crops_result = evaluate_crop_set(model, codec, spec, data, torch.device("cpu"))
     t_eval = time.perf_counter() - t0
     result = {
-        "checkpoint": ckpt, "model": blob["model"], "held_out": {"source": "synthetic", "seed": args.seed,
+        "checkpoint": args.checkpoint, "model": blob["model"], "held_out": {"source": "synthetic", "seed": args.seed,
                                                                  "frames": len(data)},
         "crops": crops_result, "timing": {"model_forward": time_model(model, spec.size), "eval_seconds": t_eval,
                                           "data_seconds": t_data},

@@ -137,7 +137,7 @@ def plot_pck(curves: dict[str, dict], path: str | Path, title: str = "PCK", size
         colour = palette[i % len(palette)][::-1]  # BGR drawing, saved by imwrite as BGR
         pts = np.array([xy(a, b) for a, b in zip(t, p, strict=True)], np.int32)
         cv2.polylines(img, [pts], False, colour, 2, cv2.LINE_AA)
-        ly = top + 20 + 18 * i
+        ly = top + ph - 20 - 18 * (len(curves) - 1 - i)  # bottom right: PCK curves rise away from it
         cv2.line(img, (left + pw - 200, ly), (left + pw - 175, ly), colour, 2)
         cv2.putText(img, label, (left + pw - 170, ly + 4), cv2.FONT_HERSHEY_SIMPLEX, 0.42, (0, 0, 0), 1, cv2.LINE_AA)
     path = Path(path)
