@@ -86,6 +86,7 @@ class Probe:
         self.node = Node(name, context=context)
         self._cond = threading.Condition()
         self.received: dict[str, list] = {}
+        self.subscriptions: dict[str, object] = {}
 
     def subscribe(self, msg_type, topic: str, qos_profile: QoSProfile | int = 10):
         self.received.setdefault(topic, [])
@@ -95,7 +96,9 @@ class Probe:
                 self.received[topic].append(msg)
                 self._cond.notify_all()
 
-        return self.node.create_subscription(msg_type, topic, callback, qos_profile)
+        subscription = self.node.create_subscription(msg_type, topic, callback, qos_profile)
+        self.subscriptions[topic] = subscription
+        return subscription
 
     def messages(self, topic: str) -> list:
         with self._cond:
@@ -121,8 +124,17 @@ class Probe:
         return True
 
     def wait_for_publishers(self, topic: str, count: int = 1, timeout: float = 10.0) -> bool:
+        """Block until ``count`` writers have *matched* our reader on ``topic``.
+
+        The graph (``count_publishers``) learns of a writer before the writer has matched this
+        reader; a message published in between is lost on a volatile topic, so tests that wait on
+        the graph fail now and then on a loaded machine.
+        """
+        subscription = self.subscriptions.get(topic)
         deadline = time.monotonic() + timeout
-        while self.node.count_publishers(topic) < count:
+        while (
+            subscription.get_publisher_count() if subscription is not None else self.node.count_publishers(topic)
+        ) < count:
             if time.monotonic() > deadline:
                 return False
             time.sleep(0.02)
