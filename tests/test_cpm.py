@@ -267,3 +267,95 @@ def test_tiny_training_run_writes_loadable_checkpoint(tmp_path):
     assert blob["meta"]["held_out"]["frames"] == 4 and 0.0 <= blob["meta"]["held_out"]["pck@0.2"] <= 1.0
     est = HandPoseEstimator.from_checkpoint(tmp_path / "exported.pt", device="cpu")
     assert est.modality == "rgb"
+
+
+def test_hand_free_crops_keep_every_joint_out_of_the_box():
+    from handpose_core.codecs.belief_maps import warp_points
+    from handpose_core.training.cpm_task import NEGATIVE_CLEARANCE, negative_crop
+
+    rgb = np.zeros((480, 640, 3), np.uint8)
+    uv = np.array([[100.0, 100.0], [140.0, 160.0], [120.0, 130.0]])  # a 60 px hand, top left
+    valid = np.ones(3, bool)
+    for seed in range(20):
+        crop, warp = negative_crop(rgb, uv, valid, 64, 2.2, np.random.default_rng(seed))
+        assert crop.shape == (64, 64, 3)
+        side = 64 / np.hypot(*warp[0, :2])  # frame pixels across the crop
+        centre = warp_points(np.array([[31.5, 31.5]]), warp, inverse=True)[0]
+        extent = side / 2.2
+        assert 0.7 * 60 - 1e-6 <= extent <= 3.0 * 60 + 1e-6
+        assert np.abs(uv - centre).max(axis=1).min() > NEGATIVE_CLEARANCE * extent
+    # a hand that fills the frame leaves no room for a hand-free box
+    assert negative_crop(rgb[:100, :100], uv - 80, valid, 64, 2.2, np.random.default_rng(0)) is None
+
+
+def test_hand_free_share_of_batches_has_all_background_targets():
+    from handpose_core.training.cpm_task import RECIPES, CPMTask, build_crop_set
+
+    data = build_crop_set("synthetic", seed=5, frames=6, size=96, margin=2.2)
+    free = build_crop_set("synthetic", seed=5, frames=6, size=96, margin=2.2, negative=True)
+    assert len(free) >= 1 and not free.valid.any() and np.isnan(free.uv).all()
+    base = RECIPES["cpm_tiny"]
+    with pytest.raises(HandPoseError, match="negatives"):
+        CPMTask(dataclasses.replace(base, data=dataclasses.replace(base.data, negative_share=0.5)), train_data=data)
+    recipe = dataclasses.replace(base, data=dataclasses.replace(base.data, negatives=6, negative_share=0.5))
+    task = CPMTask(recipe, train_data=data, negatives=free)
+    x, y = next(task.batches(0, 64, seed=1))
+    x2, y2 = next(task.batches(0, 64, seed=1))
+    assert torch.equal(x, x2) and torch.equal(y, y2)
+    peak = y[:, :21].amax(dim=(1, 2, 3))
+    empty = peak == 0
+    assert 16 <= int(empty.sum()) <= 48  # about half, drawn per item
+    assert torch.all(y[empty, 21] == 1.0) and torch.all(peak[~empty] > 0.5)
+    # without hand-free crops a recipe's batches are what they were: the extra draws are skipped
+    plain = CPMTask(base, train_data=data)
+    rng = np.random.default_rng([1, 0])
+    xp, yp = plain.make_batch(rng.integers(0, len(data), 8), rng)
+    xq, yq = next(plain.batches(0, 8, seed=1))
+    assert torch.equal(xp, xq) and torch.equal(yp, yq)
+
+
+class _FlatMaps(torch.nn.Module):
+    """Every keypoint map constant at ``level`` (one stage): mean joint confidence = level."""
+
+    def __init__(self, level: float, k: int = 21, m: int = 8) -> None:
+        super().__init__()
+        self.level, self.k, self.m = level, k, m
+
+    def forward(self, x):
+        maps = torch.full((len(x), self.k + 1, self.m, self.m), self.level)
+        maps[:, -1] = 1.0 - self.level
+        return [maps]
+
+
+@pytest.mark.parametrize("level, fp02, fp03", [(0.1, 0.0, 0.0), (0.25, 1.0, 0.0), (0.5, 1.0, 1.0)])
+def test_hand_free_false_positive_rate_counts_confident_crops(level, fp02, fp03):
+    from handpose_core.codecs.belief_maps import BeliefMapCodec, InputSpec
+    from handpose_core.training.cpm_task import build_crop_set, evaluate_hand_free
+
+    free = build_crop_set("synthetic", seed=5, frames=4, size=96, margin=2.2, negative=True)
+    r = evaluate_hand_free(_FlatMaps(level), BeliefMapCodec(input_size=64, stride=8, sigma_px=4.0),
+                           InputSpec(size=64), free, torch.device("cpu"))
+    assert r["crops"] == len(free)
+    assert r["mean_confidence"] == pytest.approx(level, abs=1e-4)
+    assert r["false_positive@0.2"] == fp02 and r["false_positive@0.3"] == fp03
+
+
+def test_evaluate_cpm_writes_every_protocol(tmp_path):
+    import json
+
+    from training.evaluate_cpm import main
+
+    ckpt = save_untrained(tmp_path / "tiny.pt", variant="cpm_tiny")
+    out = tmp_path / "eval"
+    main([str(ckpt), "--frames", "4", "--pipeline-frames", "2", "--sequences", "2", "--sequence-frames", "3",
+          "--hand-free", "4", "--cache-dir", str(tmp_path / "cache"), "--json", str(out / "e.json"),
+          "--plot", str(out / "pck.png"), "--stages-png", str(out / "stages.png")])
+    result = json.loads((out / "e.json").read_text())
+    assert result["crops"]["frames"] == 4 and 0.0 <= result["crops"]["pck@0.2"] <= 1.0
+    assert set(result) >= {"pipeline_depth", "pipeline_search", "tracking", "hand_free"}
+    track = result["tracking"]
+    assert track["frames"] == 6 and len(track["per_sequence_epe_px"]) == 2
+    assert 0.0 <= track["detected"] <= 1.0 and 0.0 <= track["off_hand"] <= 1.0
+    free = result["hand_free"]
+    assert 1 <= free["crops"] <= 4 and 0.0 <= free["false_positive@0.3"] <= free["false_positive@0.2"] <= 1.0
+    assert (out / "pck.png").stat().st_size > 0 and (out / "stages.png").stat().st_size > 0

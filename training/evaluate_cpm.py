@@ -13,6 +13,13 @@ Protocols:
 - ``pipeline``: full 640x480 frames through :class:`HandPoseEstimator` without any label: box from
   the aligned depth image's nearest object (``pipeline_depth``) and from the RGB scale search alone
   (``pipeline_search``). A frame without a detection counts every joint as a miss.
+- ``tracking``: moving-hand sequences (RGB only) through one estimator each, as the node runs it:
+  the scale search finds the hand, then each frame's box follows the last keypoints. Besides
+  PCK/EPE, ``off_hand`` is the share of reported hands whose mean joint error exceeds the hand's
+  own size, i.e. keypoints put on something else (a false positive that tracking then keeps).
+- ``hand_free``: crops of hand-free parts of the held-out frames (background, clutter, forearm) at
+  hand scale and up to 3x it; ``false_positive@t`` is the share whose mean joint confidence reaches
+  t (0.2 reports a hand, 0.3 keeps tracking it).
 
 PCK@0.2 is normalized by max(w, h) of the GT keypoints' bounding box; AUC is over thresholds
 0..0.5; EPE is in source-image pixels. Writes a JSON, a PCK plot and a stage-by-stage picture of
@@ -29,6 +36,7 @@ from pathlib import Path
 import cv2
 import numpy as np
 import torch
+from tqdm import tqdm
 
 from handpose_core.atomic import write_json, write_png
 from handpose_core.checkpoint import load_checkpoint
@@ -40,6 +48,7 @@ from handpose_core.training.cpm_task import (
     DataConfig,
     cached_crop_set,
     evaluate_crop_set,
+    evaluate_hand_free,
     held_out_crops,
     predict_crops,
 )
@@ -100,6 +109,35 @@ def pipeline_eval(checkpoint: str, seed: int, frames: int) -> dict:
     return out
 
 
+def tracking_eval(checkpoint: str, seed: int, sequences: int, frames: int) -> dict:
+    """The ``tracking`` protocol (see module docstring) on ``sequences`` x ``frames`` frames."""
+    from handpose_core import HandPoseEstimator
+    from handpose_core.data.synthetic import SyntheticHands
+
+    gen = SyntheticHands(seed=seed)
+    est = HandPoseEstimator.from_checkpoint(checkpoint, device="cpu")
+    preds, gts, per_seq, off, found = [], [], [], 0, 0
+    for q in tqdm(range(sequences), desc="tracking", unit="seq"):
+        est._pipeline.reset()
+        errs = []
+        for s in gen.trajectory(frames, start_index=q):
+            poses = est.predict(s.rgb)
+            uv = poses[0].uv_px if poses else np.full((21, 2), np.nan, np.float32)
+            preds.append(uv)
+            gts.append(s.uv_px)
+            if poses:
+                found += 1
+                err = float(np.linalg.norm(uv - s.uv_px, axis=1).mean())
+                off += err > float((s.uv_px.max(axis=0) - s.uv_px.min(axis=0)).max())
+                errs.append(err)
+        per_seq.append(float(np.mean(errs)) if errs else float("nan"))
+    r = evaluate_2d(np.stack(preds), np.stack(gts), joint_names=HAND21.joint_names)
+    r.pop("per_joint")
+    r.update(sequences=sequences, frames_per_sequence=frames, detected=found / len(preds),
+             off_hand=off / max(found, 1), per_sequence_epe_px=per_seq)
+    return r
+
+
 def stage_picture(model, codec, spec, crop: np.ndarray, gt_uv: np.ndarray, path: Path, joint: int = 8) -> Path:
     """Row 1: input crop + GT, then each stage's max over keypoint maps (JET) with its decoded skeleton.
     Row 2: background map of each stage; row 3: one joint's map (default index tip) per stage."""
@@ -148,6 +186,10 @@ def main(argv: list[str] | None = None) -> dict:
     p.add_argument("--seed", type=int, default=DataConfig.eval_seed, help="held-out generator seed")
     p.add_argument("--frames", type=int, default=1000, help="held-out frames for the crop protocol")
     p.add_argument("--pipeline-frames", type=int, default=200, help="full frames through the estimator (0 = skip)")
+    p.add_argument("--sequences", type=int, default=20,
+                   help="moving-hand sequences for the tracking protocol (0 = skip)")
+    p.add_argument("--sequence-frames", type=int, default=60, help="frames per tracking sequence")
+    p.add_argument("--hand-free", type=int, default=500, help="held-out frames to cut hand-free crops from (0 = skip)")
     p.add_argument("--cache-dir", default=DataConfig.cache_dir)
     p.add_argument("--json", default="docs/cpm_eval.json", help="result JSON")
     p.add_argument("--plot", default="docs/cpm_pck.png", help="PCK curve PNG")
@@ -176,13 +218,21 @@ def main(argv: list[str] | None = None) -> dict:
     }
     if args.pipeline_frames > 0:
         result.update(pipeline_eval(ckpt, args.seed, args.pipeline_frames))
+    if args.sequences > 0:
+        result["tracking"] = tracking_eval(ckpt, args.seed, args.sequences, args.sequence_frames)
+    if args.hand_free > 0:
+        free = cached_crop_set("synthetic", args.seed, args.hand_free, d.cache_size, d.cache_margin, args.cache_dir,
+                               d.workers, negative=True)
+        result["hand_free"] = evaluate_hand_free(model, codec, spec, free, torch.device("cpu"),
+                                                 cache_margin=d.cache_margin)
     # curves: every stage (crop protocol) and the pipelines
     crops, gt, _ = held_out_crops(data, spec.size)
     uv, _, _ = predict_crops(model, codec, spec, crops, torch.device("cpu"))
     curves = {f"stage {t + 1}": evaluate_2d(uv[t], gt, data.valid) for t in range(len(uv))}
-    for key in ("pipeline_depth", "pipeline_search"):
+    for key, label in (("pipeline_depth", "pipeline (depth)"), ("pipeline_search", "pipeline (search)"),
+                       ("tracking", "tracked sequences")):
         if key in result:
-            curves[key.replace("_", " (") + ")"] = result[key]
+            curves[label] = result[key]
     plot_pck(curves, args.plot, title=f"{blob['model']['name']}: PCK on {len(data)} held-out synthetic hands")
     stage_picture(model, codec, spec, crops[args.stage_frame], gt[args.stage_frame], Path(args.stages_png))
     write_json(args.json, result)
@@ -194,6 +244,10 @@ def main(argv: list[str] | None = None) -> dict:
     print(json.dumps({"crops": summary, **{k: {kk: result[k][kk] for kk in ("pck@0.2", "auc", "detected",
                                                                                "latency_median_ms")}
                                              for k in ("pipeline_depth", "pipeline_search") if k in result},
+                      **({"tracking": {k: result["tracking"][k] for k in ("pck@0.2", "epe_mean_px", "detected",
+                                                                           "off_hand")}} if "tracking" in result
+                         else {}),
+                      **({"hand_free": result["hand_free"]} if "hand_free" in result else {}),
                       "model_forward": result["timing"]["model_forward"]}, indent=2))
     return result
 

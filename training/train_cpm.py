@@ -14,6 +14,10 @@ Examples::
     # real data: a CMU hand-label folder (hand_labels/manual_train, hand_labels_synth/synth2, ...)
     python -m training.train_cpm --recipe cpm_light --data cmu:/data/hand_labels_synth/synth2
 
+    # also train on hand-free crops (10 % of each batch, all-background targets), for scenes
+    # whose clutter the network takes for hands
+    python -m training.train_cpm --recipe cpm_light --negatives 4000 --negative-share 0.1
+
 Frames are rendered (or read) once and cached as hand crops under ``--cache-dir``; the checkpoint
 records the exact command line, the data seed and the held-out figures.
 """
@@ -63,6 +67,12 @@ def build_parser() -> argparse.ArgumentParser:
     d.add_argument("--frames", type=int, help="number of training frames to render/read")
     d.add_argument("--eval-seed", type=int, help="seed of the held-out synthetic frames")
     d.add_argument("--eval-frames", type=int, help="number of held-out frames")
+    d.add_argument("--negatives", type=int, help="cut hand-free crops from the first N training frames "
+                   "(one per frame where one fits; used when --negative-share > 0)")
+    d.add_argument("--negative-share", type=float, help="share of batch items drawn from the hand-free crops "
+                   "(all-background targets; 0 = none)")
+    d.add_argument("--eval-negatives", type=int, help="cut hand-free crops from N held-out frames for the "
+                   "false-positive figures (0 = none)")
     d.add_argument("--cache-dir", help="where the crop caches live (default runs/cache)")
     d.add_argument("--workers", type=int, help="processes that render the cache")
     o = p.add_argument_group("output")
@@ -83,6 +93,7 @@ def recipe_from_args(args: argparse.Namespace):
     data_fields = {k: v for k, v in {
         "source": args.data, "seed": args.data_seed, "frames": args.frames, "eval_seed": args.eval_seed,
         "eval_frames": args.eval_frames, "cache_dir": args.cache_dir, "workers": args.workers,
+        "negatives": args.negatives, "negative_share": args.negative_share, "eval_negatives": args.eval_negatives,
     }.items() if v is not None}
     recipe_fields = {k: v for k, v in {"sigma_px": args.sigma, "fg_weight": args.fg_weight}.items() if v is not None}
     return dataclasses.replace(base, train=dataclasses.replace(base.train, **train_fields),
@@ -105,10 +116,16 @@ def main(argv: list[str] | None = None) -> dict:
     t_data = time.perf_counter() - t0
     eval_data = cached_crop_set(d.eval_source, d.eval_seed, d.eval_frames, d.cache_size, d.cache_margin,
                                 d.cache_dir, d.workers)
+    eval_free = None
+    if d.eval_negatives > 0:
+        eval_free = cached_crop_set(d.eval_source, d.eval_seed, d.eval_negatives, d.cache_size, d.cache_margin,
+                                    d.cache_dir, d.workers, negative=True)
+    train_free = task.negatives
     t_eval_data = time.perf_counter() - t0 - t_data
-    logging.info("data ready: %d training crops (%.0f s), %d held-out crops (%.0f s)", len(train_data), t_data,
-                 len(eval_data), t_eval_data)
-    result = train(task, recipe.train, evaluate=make_evaluator(task, eval_data))
+    logging.info("data ready: %d training crops + %d hand-free (%.0f s), %d held-out crops + %d hand-free (%.0f s)",
+                 len(train_data), len(train_free) if train_free is not None else 0, t_data, len(eval_data),
+                 len(eval_free) if eval_free is not None else 0, t_eval_data)
+    result = train(task, recipe.train, evaluate=make_evaluator(task, eval_data, eval_free))
     result["data_seconds"] = t_data
     result["eval_data_seconds"] = t_eval_data
     result["wall_seconds"] = time.perf_counter() - t0
