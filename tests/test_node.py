@@ -146,9 +146,10 @@ class _Rig:
             self.info_pub.publish(with_info)
         self.image_pub.publish(image)
 
-    def keypoints_for(self, header, timeout: float = TIMEOUT) -> PointCloud2:
+    def keypoints_for(self, header, timeout: float = TIMEOUT, why=None) -> PointCloud2:
+        """The keypoints stamped like ``header``; ``why()`` adds context (a node's log) to a failure."""
         ok = self.probe.wait_for(lambda: _with_stamp(self.probe.received[KEYPOINTS], header), timeout)
-        assert ok, f"no keypoints for stamp {header.stamp}"
+        assert ok, f"no keypoints for stamp {header.stamp}" + (f"\n{why()}" if why else "")
         return _with_stamp(self.probe.messages(KEYPOINTS), header)[0]
 
     def diagnostics_value(self, key: str) -> str | None:
@@ -645,9 +646,7 @@ def test_node_process(ctx, checkpoints, frames, tmp_path):
                 rig.send(image, _camera_info(frame))
                 # A fresh process's first frame pays for lazy initialisation; on a loaded CI machine
                 # that has taken most of the usual 20 s. The node's log says why when it still fails.
-                got = rig.probe.wait_for(lambda: _with_stamp(rig.probe.received[KEYPOINTS], image.header), 60.0)
-                assert got, f"no keypoints for stamp {image.header.stamp}; node log:\n{log_path.read_text()}"
-                cloud = rig.keypoints_for(image.header)
+                cloud = rig.keypoints_for(image.header, 60.0, why=log_path.read_text)
                 assert cloud.header == image.header
                 _assert_cloud_matches(cloud, reference.predict(frame.depth_mm, frame.intrinsics))
             broken = ru.broken_image("short", image)
