@@ -15,13 +15,16 @@ class KeypointLayout:
     """Names and skeleton of one keypoint set.
 
     ``edges`` are (parent, child) index pairs drawn as bones; ``palm`` names the indices used for
-    a palm frame (wrist, index base, middle base) where the layout has them, else empty.
+    a palm frame (wrist, index base, middle base) where the layout has them, else empty. ``axis``
+    is a (from, to) pair of joints along the hand, from the wrist towards the fingers (DeepPrior's
+    second pass turns its crop so that it points up), or empty.
     """
 
     name: str
     joint_names: tuple[str, ...]
     edges: tuple[tuple[int, int], ...]
     palm: tuple[int, ...] = ()
+    axis: tuple[int, ...] = ()
 
     @property
     def num_joints(self) -> int:
@@ -50,7 +53,7 @@ def _hand21_edges() -> tuple[tuple[int, int], ...]:
     return tuple(edges)
 
 
-HAND21 = KeypointLayout("hand21", _hand21_names(), _hand21_edges(), palm=(0, 5, 9))
+HAND21 = KeypointLayout("hand21", _hand21_names(), _hand21_edges(), palm=(0, 5, 9), axis=(0, 9))
 
 # Indices of the 14 evaluation joints in NYU's 36-joint annotation (joint_data.mat), in the order
 # used by DeepPrior: little tip/mid, ring tip/mid, middle tip/mid, index tip/mid, thumb tip/mid/base,
@@ -61,6 +64,7 @@ NYU14 = KeypointLayout(
     ("P1", "P2", "R1", "R2", "M1", "M2", "I1", "I2", "T1", "T2", "T3", "W1", "W2", "C"),
     ((13, 1), (1, 0), (13, 3), (3, 2), (13, 5), (5, 4), (13, 7), (7, 6),
      (13, 10), (10, 9), (9, 8), (13, 11), (13, 12)),
+    axis=(11, 13),  # one wrist point -> palm centre: not the hand's midline, but a fixed frame
 )
 
 LAYOUTS = {layout.name: layout for layout in (HAND21, NYU14)}

@@ -11,6 +11,7 @@ from handpose_core.camera import Intrinsics
 from handpose_core.checkpoint import load_checkpoint, save_checkpoint
 from handpose_core.codecs.depth_crop import DepthCropCodec, depth_to_mm
 from handpose_core.data.synthetic import SynthConfig, SyntheticHands
+from handpose_core.keypoints import HAND21
 from handpose_core.models import create_model, list_models
 from handpose_core.models.deep_prior import fit_pca, load_pca
 from handpose_core.pipelines.depth import save_untrained
@@ -263,3 +264,68 @@ def test_second_pass_recentres_on_the_first_pass_joints(tmp_path):
     p1, p2 = one.predict(sample.depth_mm, sample.intrinsics)[0], two.predict(sample.depth_mm, sample.intrinsics)[0]
     # the second crop is centred on the first pass's joint centroid
     np.testing.assert_allclose(p2.extras["com_xyz_m"], p1.xyz_m.mean(axis=0), atol=1e-4)
+
+
+def test_aligned_joint_centred_crops_point_the_pair_up():
+    """With ``align``, the joint-centred half of the training crops has wrist -> middle MCP pointing
+    up (within the jitter); the searched-centre half keeps every rotation."""
+    gen = SyntheticHands(SynthConfig(render_rgb=False), seed=5)
+    codec = DepthCropCodec()
+    samples = [gen[i] for i in range(24)]
+    crops, labels = [], []
+    for s in samples:
+        crop = codec.encode(s.depth_mm, s.intrinsics, com_xyz_mm=s.xyz_m.mean(0) * 1000)
+        crops.append(crop.image.astype(np.float16))
+        labels.append(codec.encode_joints(s.xyz_m, crop).reshape(-1))
+    rcp = replace(recipe("default"), align=("wrist", "middle_mcp"), align_jitter_deg=0.0,
+                              p_gt_centre=0.5)
+    task = DeepPriorTask(rcp, np.stack(crops), np.stack(labels), codec)
+    _, y = next(task.batches(0, 256, seed=0))
+    w, m = HAND21.joint_names.index("wrist"), HAND21.joint_names.index("middle_mcp")
+    axis = (y[:, m, :2] - y[:, w, :2]).numpy()
+    angle = np.degrees(np.arctan2(axis[:, 1], axis[:, 0]))
+    up = np.abs(angle + 90.0) < 1.0  # (u, v) image axes: up is -v
+    assert 0.35 < up.mean() < 0.75  # the joint-centred share, plus the few random ones that land up
+    assert (np.abs(angle - 90.0) < 45).mean() > 0.08  # searched-centre crops still point anywhere
+    with pytest.raises(HandPoseError, match="align"):
+        DeepPriorTask(replace(rcp, align=("wrist", "elbow")), np.stack(crops), np.stack(labels), codec)
+    assert task.checkpoint_meta()["inference"] == {"passes": 2, "align": [w, m]}
+    # "auto" takes the layout's hand axis; a layout without one (or a single pass) trains unaligned
+    auto = DeepPriorTask(replace(rcp, align="auto"), np.stack(crops), np.stack(labels), codec)
+    assert auto.align_idx == (w, m) == HAND21.axis
+    one_pass = DeepPriorTask(replace(rcp, align="auto", passes=1), np.stack(crops), np.stack(labels), codec)
+    assert one_pass.align_idx is None and "align" not in one_pass.checkpoint_meta()["inference"]
+    custom = DeepPriorTask(replace(rcp, align="auto"), np.stack(crops), np.stack(labels), codec,
+                           joint_names=tuple(f"j{i}" for i in range(21)))
+    assert custom.align_idx is None
+
+
+def test_aligned_second_pass_turns_its_crop_by_the_first_pass_pair(tmp_path):
+    path = save_untrained(tmp_path / "dp.pt")
+    blob = load_checkpoint(path)
+    w, m = HAND21.joint_names.index("wrist"), HAND21.joint_names.index("middle_mcp")
+    for name, inference in (("two.pt", {"passes": 2}), ("aligned.pt", {"passes": 2, "align": [w, m]})):
+        meta = {**blob["meta"], "inference": inference}
+        save_checkpoint(tmp_path / name, blob["model"]["name"], blob["model"]["config"], blob["state_dict"], meta)
+    one = HandPoseEstimator.from_checkpoint(path, device="cpu")
+    two = HandPoseEstimator.from_checkpoint(tmp_path / "two.pt", device="cpu")
+    aligned = HandPoseEstimator.from_checkpoint(tmp_path / "aligned.pt", device="cpu")
+    sample = SyntheticHands(SynthConfig(render_rgb=False), seed=3)[0]
+    p1 = one.predict(sample.depth_mm, sample.intrinsics)[0]
+    p2 = two.predict(sample.depth_mm, sample.intrinsics)[0]
+    pa = aligned.predict(sample.depth_mm, sample.intrinsics)[0]
+    np.testing.assert_allclose(pa.extras["com_xyz_m"], p2.extras["com_xyz_m"], atol=1e-6)  # same centre
+    # the aligned crop is the plain one turned by the first pass's wrist -> middle MCP angle + 90 deg
+    du, dv = p1.uv_px[m] - p1.uv_px[w]
+    codec = DepthCropCodec(**blob["meta"]["codec"])
+    expected = codec.encode(sample.depth_mm, sample.intrinsics, com_xyz_mm=p2.extras["com_xyz_m"] * 1000.0,
+                            rotation_deg=float(np.degrees(np.arctan2(dv, du))) + 90.0)
+    np.testing.assert_allclose(pa.extras["crop"], expected.image, atol=1e-6)
+    assert not np.allclose(pa.extras["crop"], p2.extras["crop"])
+    # and its joints come back in the camera frame through the turned crop's inverse
+    back = codec.decode_joints(pa.extras["uvd_norm"], expected)
+    np.testing.assert_allclose(pa.xyz_m, back, atol=1e-6)
+    bad = {**blob["meta"], "inference": {"passes": 2, "align": [0, 99]}}
+    save_checkpoint(tmp_path / "bad.pt", blob["model"]["name"], blob["model"]["config"], blob["state_dict"], bad)
+    with pytest.raises(HandPoseError, match="align"):
+        HandPoseEstimator.from_checkpoint(tmp_path / "bad.pt", device="cpu")

@@ -43,6 +43,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--batch-size", type=int, help="batch size (default: the recipe's, 64)")
     p.add_argument("--lr", type=float, help="base learning rate (default: the recipe's)")
     p.add_argument("--input-size", type=int, help="side of the model's depth crop, px (default: the recipe's)")
+    p.add_argument("--align", metavar="JOINT_A,JOINT_B",
+                   help="turn the second pass's crop so that joint A -> joint B points up (e.g. wrist,middle_mcp), "
+                        "as the model learns on its joint-centred crops; 'auto': the joint layout's wrist-to-palm "
+                        "axis; 'none': off (default: the recipe's; default recipe auto, seed none)")
     p.add_argument("--time-budget-min", type=float, default=0.0, help="stop after this many minutes (0 = off)")
     p.add_argument("--device", default="auto", help="auto | cpu | cuda | cuda:N")
     p.add_argument("--threads", type=int, default=0, help="CPU threads for torch (0 = torch's default)")
@@ -104,6 +108,14 @@ def main(argv: list[str] | None = None) -> int:
     cfg.eval_every = max(1000, cfg.steps // 10)
     if args.input_size is not None:
         rcp.input_size = args.input_size
+    if args.align in ("auto", "none"):
+        rcp.align = None if args.align == "none" else "auto"
+    elif args.align:
+        pair = tuple(name.strip() for name in args.align.split(","))
+        if len(pair) != 2:
+            print(f"error: --align takes two joint names separated by a comma, got {args.align!r}", file=sys.stderr)
+            return 2
+        rcp.align = pair
     codec = DepthCropCodec()  # crops are cached at this size x big_factor; the task resamples them
     t_data = time.perf_counter()
     try:
@@ -114,7 +126,11 @@ def main(argv: list[str] | None = None) -> int:
     provenance["command"] = "python -m training.train_deep_prior " + " ".join(shlex.quote(a) for a in
                                                                               (argv or sys.argv[1:]))
     provenance["data_seconds"] = round(time.perf_counter() - t_data, 1)
-    task = DeepPriorTask(rcp, data, codec=codec, joint_names=names, provenance=provenance)
+    try:
+        task = DeepPriorTask(rcp, data, codec=codec, joint_names=names, provenance=provenance)
+    except HandPoseError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
     print(f"training data ready in {provenance['data_seconds']:.0f} s: {len(data)} crops; PCA k={rcp.bottleneck} "
           f"residual {task.pca_residual_mm:.2f} mm", flush=True)
 

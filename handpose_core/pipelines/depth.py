@@ -5,7 +5,9 @@ decodes the predictions, with the codec settings recorded in the checkpoint (``m
 
 Passes: with ``meta['inference']['passes'] = 2`` the hand is cropped again around the centroid of
 the first pass's joints and predicted again (the model must have been trained on crops centred
-like that too); checkpoints without the entry run one pass.
+like that too); checkpoints without the entry run one pass. With ``meta['inference']['align'] =
+[a, b]`` (joint indices) that crop is also turned so that the previous pass's joint a -> joint b
+points up, as the model saw such crops in training (``DeepPriorRecipe.align``).
 
 Per-joint confidence (DeepPrior has no score of its own): 1.0 for a joint predicted inside the
 crop's cube, falling linearly to 0.0 at 1.5 cube half-widths from the centre along the worst of
@@ -54,6 +56,11 @@ class DepthPipeline:
         self.joint_names = tuple(meta["joint_names"])
         self.layout = layout_for(self.joint_names)
         self.passes = max(1, int(meta.get("inference", {}).get("passes", 1)))
+        align = meta.get("inference", {}).get("align")
+        self.align = None if align is None else (int(align[0]), int(align[1]))
+        if self.align is not None and not all(0 <= i < len(self.joint_names) for i in self.align):
+            raise HandPoseError(
+                f"checkpoint inference.align {align} is not a pair of the {len(self.joint_names)} joints")
 
     def _run(self, crop) -> np.ndarray:
         x = torch.from_numpy(crop.image)[None, None].to(device=self.device, dtype=self.dtype)
@@ -90,7 +97,12 @@ class DepthPipeline:
             centre_mm = xyz_m.astype(np.float64).mean(axis=0) * 1000.0
             if not (np.all(np.isfinite(centre_mm)) and centre_mm[2] > 0):
                 break
-            crop = self.codec.encode_mm(depth_mm, intrinsics, com_xyz_mm=centre_mm)
+            rotation_deg = 0.0
+            if self.align is not None:
+                uv = self.codec.decode_uv(uvd, crop)
+                du, dv = uv[self.align[1]] - uv[self.align[0]]
+                rotation_deg = float(np.degrees(np.arctan2(dv, du))) + 90.0  # the pair up, as in training
+            crop = self.codec.encode_mm(depth_mm, intrinsics, com_xyz_mm=centre_mm, rotation_deg=rotation_deg)
             uvd = self._run(crop)
             xyz_m = self.codec.decode_joints(uvd, crop)
         uv_px = self.codec.decode_uv(uvd, crop)

@@ -41,7 +41,7 @@ from tqdm import tqdm
 
 from handpose_core.codecs.depth_crop import DepthCropCodec, NoHandError, depth_to_mm
 from handpose_core.errors import HandPoseError
-from handpose_core.keypoints import HAND21
+from handpose_core.keypoints import HAND21, layout_for
 from handpose_core.models import create_model
 from handpose_core.models.deep_prior import fit_pca, load_pca
 from handpose_core.training.harness import TrainConfig, use_cpu_bf16
@@ -59,6 +59,13 @@ class DeepPriorRecipe:
     1 +- ``scale``; crop centre = joint centroid with probability ``p_gt_centre`` (Gaussian jitter
     ``gt_jitter_mm``), else the searched centre (jitter ``jitter_mm``); mirror with ``flip_prob``.
     ``passes`` is written to the checkpoint for the estimator (2 = re-crop on the first pass).
+
+    ``align`` (a pair of joint names, e.g. ``("wrist", "middle_mcp")``, or ``"auto"``: the joint
+    layout's ``axis``, none for a layout without one): the crops centred on the
+    joints (the second pass's) are also turned so that this pair points up, give or take
+    ``align_jitter_deg`` (normal std) for the first pass's error, and the estimator turns its
+    second crop by the first pass's prediction of the pair. That pass then no longer has to learn
+    every in-plane rotation. The searched-centre crops (the first pass's) keep ``rot_deg``.
     """
 
     model: str = "deep_prior_res"
@@ -78,6 +85,8 @@ class DeepPriorRecipe:
     # big_factor; recrop resamples it to this size, so one cache serves every input size.
     input_size: int = 0
     passes: int = 2
+    align: tuple[str, str] | str | None = None
+    align_jitter_deg: float = 15.0
     # on a CPU with native bfloat16 (harness.use_cpu_bf16), run the conv features in bfloat16
     # (about 1.7x faster there); the head stays fp32. Ignored on other CPUs, where it is slower.
     bf16_cpu: bool = True
@@ -91,7 +100,9 @@ class DeepPriorRecipe:
 def recipe(name: str) -> DeepPriorRecipe:
     """Named recipes: ``default`` (DeepPrior++-style) and ``seed`` (the seed notebook's Caffe recipe)."""
     if name == "default":
-        return DeepPriorRecipe(model_config={"dropout": 0.1},
+        # align: the second pass sees its crop turned hand-up. 10-min test through the estimator
+        # on 500 held-out frames: 33.6 -> 28.9 mm, worst joint within 40 mm 15.8 -> 33.8 %.
+        return DeepPriorRecipe(model_config={"dropout": 0.1}, align="auto",
                                train=TrainConfig(steps=30000, batch_size=64, optimizer="adam", lr=1e-3,
                                                  weight_decay=1e-4, lr_policy="cosine", warmup_steps=200,
                                                  grad_clip=5.0))
@@ -285,6 +296,16 @@ class DeepPriorTask:
         self.model_config = {"num_joints": len(self.joint_names), "bottleneck": rcp.bottleneck,
                              "input_size": self.codec.size, **rcp.model_config}
         self.labels = self.data.labels.reshape(len(self.data), -1, 3)
+        self.align_idx = None
+        if rcp.align == "auto":
+            axis = layout_for(self.joint_names).axis
+            self.align_idx = tuple(axis) if axis and rcp.passes >= 2 else None
+        elif rcp.align is not None:
+            missing = [name for name in rcp.align if name not in self.joint_names]
+            if missing or len(rcp.align) != 2 or rcp.passes < 2:
+                raise HandPoseError(f"align needs two of the joints {self.joint_names} and passes >= 2, "
+                                    f"got align={rcp.align} passes={rcp.passes}")
+            self.align_idx = tuple(self.joint_names.index(name) for name in rcp.align)
         if self.labels.shape[1] != len(self.joint_names):
             raise HandPoseError(f"labels have {self.labels.shape[1]} joints, joint_names {len(self.joint_names)}")
         # PCA of the labels as training sees them (after re-cropping and augmentation)
@@ -310,6 +331,14 @@ class DeepPriorTask:
             jitter = np.where(gt, r.gt_jitter_mm, r.jitter_mm)[:, None] / half_in
             t = np.where(gt[:, None], centroid, 0.0) + rng.normal(size=(n, 3)) * jitter
             theta = rng.uniform(-np.radians(r.rot_deg), np.radians(r.rot_deg), n)
+            if self.align_idx is not None:
+                # turn the pair up: a direction at angle phi lands at phi - theta (recrop), so
+                # theta = phi + 90 deg puts it at -90 deg, up in image coordinates
+                a, b = self.align_idx
+                axis = self.labels[idx, b, :2] - self.labels[idx, a, :2]
+                up = np.arctan2(axis[:, 1], axis[:, 0]) + np.pi / 2
+                up += rng.normal(size=n) * np.radians(r.align_jitter_deg)
+                theta = np.where(gt, up, theta)
             scale = rng.uniform(1 - r.scale, 1 + r.scale, n)
             flip = rng.random(n) < r.flip_prob
         else:
@@ -367,7 +396,8 @@ class DeepPriorTask:
             "modality": "depth",
             "joint_names": list(self.joint_names),
             "codec": self.codec.to_config(),
-            "inference": {"passes": int(self.recipe.passes)},
+            "inference": {"passes": int(self.recipe.passes),
+                          **({"align": list(self.align_idx)} if self.align_idx is not None else {})},
             "pca": {"k": self.recipe.bottleneck, "fitted_on": int(self.pca_fitted_on),
                     "residual_mm": round(self.pca_residual_mm, 3)},
             "recipe": {k: v for k, v in asdict(self.recipe).items() if k != "train"},
