@@ -128,13 +128,11 @@ class Probe:
 
         The graph (``count_publishers``) learns of a writer before the writer has matched this
         reader; a message published in between is lost on a volatile topic, so tests that wait on
-        the graph fail now and then on a loaded machine.
+        the graph fail now and then on a loaded machine. ``topic`` must be one :meth:`subscribe` made.
         """
-        subscription = self.subscriptions.get(topic)
+        subscription = self.subscriptions[topic]
         deadline = time.monotonic() + timeout
-        while (
-            subscription.get_publisher_count() if subscription is not None else self.node.count_publishers(topic)
-        ) < count:
+        while subscription.get_publisher_count() < count:
             if time.monotonic() > deadline:
                 return False
             time.sleep(0.02)

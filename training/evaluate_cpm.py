@@ -52,7 +52,7 @@ from handpose_core.training.cpm_task import (
     held_out_crops,
     predict_crops,
 )
-from handpose_core.training.metrics_2d import evaluate_2d, plot_pck
+from handpose_core.training.metrics_2d import bbox_size, evaluate_2d, plot_pck
 
 
 def load_model(path: str | Path, device: torch.device):
@@ -116,25 +116,23 @@ def tracking_eval(checkpoint: str, seed: int, sequences: int, frames: int) -> di
 
     gen = SyntheticHands(seed=seed)
     est = HandPoseEstimator.from_checkpoint(checkpoint, device="cpu")
-    preds, gts, per_seq, off, found = [], [], [], 0, 0
+    preds, gts = [], []
     for q in tqdm(range(sequences), desc="tracking", unit="seq"):
         est._pipeline.reset()
-        errs = []
         for s in gen.trajectory(frames, start_index=q):
             poses = est.predict(s.rgb)
-            uv = poses[0].uv_px if poses else np.full((21, 2), np.nan, np.float32)
-            preds.append(uv)
+            preds.append(poses[0].uv_px if poses else np.full((21, 2), np.nan, np.float32))
             gts.append(s.uv_px)
-            if poses:
-                found += 1
-                err = float(np.linalg.norm(uv - s.uv_px, axis=1).mean())
-                off += err > float((s.uv_px.max(axis=0) - s.uv_px.min(axis=0)).max())
-                errs.append(err)
-        per_seq.append(float(np.mean(errs)) if errs else float("nan"))
-    r = evaluate_2d(np.stack(preds), np.stack(gts), joint_names=HAND21.joint_names)
+    pred, gt = np.stack(preds), np.stack(gts)
+    err = np.linalg.norm(pred - gt, axis=2).mean(axis=1)  # (N,) mean joint error, NaN: no hand reported
+    found = np.isfinite(err)
+    per_seq = [float(e[np.isfinite(e)].mean()) if np.isfinite(e).any() else float("nan")
+               for e in err.reshape(sequences, frames)]
+    r = evaluate_2d(pred, gt, joint_names=HAND21.joint_names)
     r.pop("per_joint")
-    r.update(sequences=sequences, frames_per_sequence=frames, detected=found / len(preds),
-             off_hand=off / max(found, 1), per_sequence_epe_px=per_seq)
+    r.update(sequences=sequences, frames_per_sequence=frames, detected=float(found.mean()),
+             off_hand=float((err[found] > bbox_size(gt)[found]).sum() / max(found.sum(), 1)),
+             per_sequence_epe_px=per_seq)
     return r
 
 

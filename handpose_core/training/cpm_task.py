@@ -10,8 +10,8 @@ affine from the source frame. Training batches are cut from those crops on the f
 - colour: brightness, contrast, per-channel gain, saturation, noise, blur, rare greyscale;
 - no left/right keypoint swap: a mirrored hand is just another hand (left hands stay as they are).
 
-Hand-free crops (``DataConfig.negatives``): boxes of a hand's size cut from the same frames away
-from every joint (background, clutter, the forearm), cached the same way with no valid label. A
+Hand-free crops (``DataConfig.negatives``): boxes of 0.7-3x a hand's size cut from the same frames
+away from every joint (background, clutter, the forearm), cached the same way with no valid label. A
 share of each batch (``negative_share``) is drawn from them with an all-background target, so the
 maps, and the confidence the RGB pipeline's scale search and tracker trust, learn to stay low
 where there is no hand. Without them the network never sees a box without a hand in training.
