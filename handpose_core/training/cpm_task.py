@@ -277,7 +277,9 @@ def build_crop_set(source: str, seed: int, frames: int, size: int, margin: float
         idx = np.arange(frames)
         chunks = [(seed, idx[w::workers], size, margin, negative) for w in range(max(1, workers))]
         if workers > 1:
-            with mp.get_context("fork").Pool(workers) as pool:
+            # spawn, not fork: a fork of a process whose torch/onnxruntime/DDS threads hold a lock
+            # hangs in the child (seen once in the test suite: a worker asleep on a futex for good)
+            with mp.get_context("spawn").Pool(workers) as pool:
                 parts = pool.map(_render_synthetic, chunks)
         else:
             parts = [_render_synthetic(chunks[0])]
