@@ -82,7 +82,7 @@ def main(argv: list[str] | None = None) -> int:
         frames_path = tmp / "frames.npy"
         np.save(frames_path, rgb)
         for p in range(args.passes):
-            estimator._pipeline.reset()
+            estimator.reset()
             for i, frame in enumerate(rgb):
                 t0 = time.perf_counter()
                 poses = estimator.predict(frame)

@@ -153,6 +153,8 @@ PIPELINE_VARIANTS = {  # name -> HandPoseEstimator.from_checkpoint keywords
     "plain": {"optimize": False, "backend": "torch"},
     "torch_optimized": {"optimize": True, "backend": "torch"},
     "onnxruntime": {"optimize": True, "backend": "onnxruntime"},
+    # every frame searched on its own (the others follow the hand from frame to frame)
+    "onnxruntime_per_frame": {"optimize": True, "backend": "onnxruntime", "tracking": False},
 }
 
 
@@ -164,7 +166,8 @@ def bench_pipelines(threads_list: list[int], frames: int, repeats: int) -> dict:
 
     # a 30 fps trajectory, as a camera would stream it (the RGB path tracks from frame to frame)
     samples = list(SyntheticHands(SynthConfig(), seed=7).trajectory(frames, fps=30.0))
-    variants = {k: v for k, v in PIPELINE_VARIANTS.items() if k != "onnxruntime" or onnx_backend.available()}
+    variants = {k: v for k, v in PIPELINE_VARIANTS.items()
+                if v["backend"] != "onnxruntime" or onnx_backend.available()}
     results = {}
     for modality in ("depth", "rgb"):
         name = f"default:{modality}"
@@ -183,13 +186,13 @@ def bench_pipelines(threads_list: list[int], frames: int, repeats: int) -> dict:
                 entry = {"skipped": str(exc)}
                 break
             if "max_abs_diff" not in entry:
-                # answers against plain torch on the same frames (RGB tracking reset per frame: same boxes)
+                # answers against plain torch on the same frames (tracking reset per frame: same crops)
                 diff = {k: {"mm": 0.0, "px": 0.0} for k in estimators if k != "plain"}
                 found = 0
                 for s in samples:
                     poses = {}
                     for key, est in estimators.items():
-                        getattr(est._pipeline, "reset", lambda: None)()
+                        est.reset()
                         poses[key] = run(est, s)
                     found += bool(poses["plain"])
                     for key in diff:
@@ -205,7 +208,7 @@ def bench_pipelines(threads_list: list[int], frames: int, repeats: int) -> dict:
             times = {k: [] for k in estimators}
             for _ in range(repeats):
                 for key, est in estimators.items():  # interleaved runs over the stream
-                    getattr(est._pipeline, "reset", lambda: None)()
+                    est.reset()
                     for s in samples:
                         t0 = time.perf_counter()
                         run(est, s)

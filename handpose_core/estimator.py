@@ -91,7 +91,7 @@ class HandPoseEstimator:
     @classmethod
     def from_checkpoint(
         cls, name_or_path: str | os.PathLike, device: str = "auto", precision: str = "fp32",
-        threads: int = 0, optimize: bool = True, backend: str = "auto",
+        threads: int = 0, optimize: bool = True, backend: str = "auto", tracking: bool = True,
     ) -> HandPoseEstimator:
         """Load ``default:depth``, ``default:rgb`` or a checkpoint path onto ``device``.
 
@@ -102,6 +102,10 @@ class HandPoseEstimator:
         optimize:  fold BatchNorm into the convolutions etc. (:mod:`handpose_core.models.inference`);
                    False runs the network exactly as trained in torch (for comparisons).
         backend:   auto (onnxruntime on a CPU where installed, else torch), torch, or onnxruntime.
+        tracking:  follow the hand from one :meth:`predict` to the next (a stream): the previous
+                   frame's keypoints place the next crop, and the hand search runs only when the
+                   track is lost (see the pipelines). False: every frame on its own. Between
+                   unrelated frames call :meth:`reset`.
         """
         if precision not in ("fp32", "fp16", "bf16"):
             raise HandPoseError(f"unknown precision {precision!r}; use fp32, fp16 or bf16")
@@ -120,7 +124,8 @@ class HandPoseEstimator:
             raise HandPoseError(f"checkpoint meta has unknown modality {modality!r} (depth or rgb expected)")
         if not optimize and backend == "auto":
             backend = "torch"
-        pipeline = Pipeline(blob, dev, precision, optimize=optimize, backend=backend, threads=int(threads))
+        pipeline = Pipeline(blob, dev, precision, optimize=optimize, backend=backend, threads=int(threads),
+                            track=bool(tracking))
         return cls(pipeline, blob, dev)
 
     @property
@@ -159,6 +164,10 @@ class HandPoseEstimator:
         if intrinsics is not None:
             intr = Intrinsics.from_tuple(intrinsics, width=image.shape[1], height=image.shape[0])
         return self._pipeline.predict(image, intr, depth)
+
+    def reset(self) -> None:
+        """Forget the tracked hand: the next frame is searched as an unrelated one."""
+        self._pipeline.reset()
 
     def debug_image(self, image: np.ndarray, poses: list[HandPose]) -> np.ndarray:
         """(H, W, 3) uint8 RGB picture for ``~/debug_image``: belief maps (CPM) or crop + skeleton."""

@@ -29,6 +29,8 @@ class StatsSnapshot:
     output_hz: float
     latency_p50_ms: float
     latency_p95_ms: float
+    processing_p50_ms: float
+    processing_p95_ms: float
     inputs_in_window: int
     outputs_in_window: int
     bad_in_window: int
@@ -39,8 +41,12 @@ class StatsSnapshot:
 
 
 class PipelineStats:
-    """Counts input frames, outputs (with header-stamp -> publish latency), drops and bad frames.
+    """Counts input frames, outputs (with their latencies), drops and bad frames.
 
+    Two latencies per output: header stamp -> publish (what a consumer sees of this hop, the
+    camera's transport included) and receipt -> publish (the node's own work: conversion, queue,
+    inference, message packing). Their difference is the time the frame spent in DDS (and in the
+    camera driver after stamping), so a slow figure says which side to look at.
     Rates are over the window since the previous :meth:`snapshot` (the diagnostics period).
     """
 
@@ -50,6 +56,7 @@ class PipelineStats:
         self._window_start = clock()
         self._inputs = self._outputs = self._bad = 0
         self._latencies_s: deque[float] = deque(maxlen=_MAX_LATENCIES)
+        self._processing_s: deque[float] = deque(maxlen=_MAX_LATENCIES)
         self.inputs_total = self.dropped_total = self.bad_total = self.outputs_total = 0
 
     def input(self) -> None:
@@ -66,27 +73,31 @@ class PipelineStats:
             self._bad += 1
             self.bad_total += 1
 
-    def output(self, latency_s: float | None) -> None:
-        """One published result; ``latency_s`` None when the input had no stamp."""
+    def output(self, latency_s: float | None, processing_s: float | None = None) -> None:
+        """One published result: stamp -> publish ``latency_s`` (None when the input had no stamp)
+        and receipt -> publish ``processing_s`` (None: not measured)."""
         with self._lock:
             self._outputs += 1
             self.outputs_total += 1
-            if latency_s is not None and math.isfinite(latency_s):
-                self._latencies_s.append(latency_s)
+            for value, store in ((latency_s, self._latencies_s), (processing_s, self._processing_s)):
+                if value is not None and math.isfinite(value):
+                    store.append(value)
 
     def snapshot(self) -> StatsSnapshot:
         """Figures for the window since the last call, then start a new window."""
         with self._lock:
             now = self._clock()
             window = max(now - self._window_start, 1e-9)
-            lat = np.asarray(self._latencies_s, dtype=np.float64) * 1e3
-            p50, p95 = (float(v) for v in np.percentile(lat, [50, 95])) if lat.size else (math.nan,) * 2
+            p50, p95 = _percentiles_ms(self._latencies_s)
+            proc50, proc95 = _percentiles_ms(self._processing_s)
             snap = StatsSnapshot(
                 window_s=window,
                 input_hz=self._inputs / window,
                 output_hz=self._outputs / window,
                 latency_p50_ms=p50,
                 latency_p95_ms=p95,
+                processing_p50_ms=proc50,
+                processing_p95_ms=proc95,
                 inputs_in_window=self._inputs,
                 outputs_in_window=self._outputs,
                 bad_in_window=self._bad,
@@ -98,7 +109,14 @@ class PipelineStats:
             self._window_start = now
             self._inputs = self._outputs = self._bad = 0
             self._latencies_s.clear()
+            self._processing_s.clear()
             return snap
+
+
+def _percentiles_ms(seconds: deque[float]) -> tuple[float, float]:
+    """(p50, p95) in ms of latencies in seconds; NaN for none."""
+    ms = np.asarray(seconds, dtype=np.float64) * 1e3
+    return tuple(float(v) for v in np.percentile(ms, [50, 95])) if ms.size else (math.nan, math.nan)
 
 
 def problem_kind(message: str) -> str:
@@ -162,6 +180,8 @@ def pipeline_status(
         "output_hz": _fmt(snap.output_hz),
         "latency_p50_ms": _fmt(snap.latency_p50_ms),
         "latency_p95_ms": _fmt(snap.latency_p95_ms),
+        "processing_p50_ms": _fmt(snap.processing_p50_ms),
+        "processing_p95_ms": _fmt(snap.processing_p95_ms),
         "dropped_frames": str(snap.dropped_total),
         "bad_frames": str(snap.bad_total),
         "received_frames": str(snap.inputs_total),

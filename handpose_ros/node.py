@@ -79,12 +79,14 @@ PARAMETERS: dict[str, tuple[object, str]] = {
     "image_reliability": ("best_effort", "QoS reliability of the image/camera_info subscriptions"),
     "backend": ("auto", "auto (onnxruntime on a CPU where installed, else torch), torch or onnxruntime"),
     "threads": (0, "CPU threads for inference (0 = one per core; torch's setting is process-wide)"),
+    "tracking": (True, "follow the hand from frame to frame (the hand search runs only when the track is "
+                       "lost, and for depth once a second); false: every frame on its own"),
     "autostart": (True, "configure and activate on start-up, without a lifecycle manager"),
     "publish_markers": (True, "publish the RViz skeleton on ~/markers"),
     "min_confidence": (0.0, "joints below this confidence are left out of ~/markers and ~/wrist_pose"),
     "diagnostics_period": (1.0, "seconds between /diagnostics messages"),
 }
-RESTART_PARAMETERS = ("model", "device", "precision", "image_reliability", "backend", "threads")
+RESTART_PARAMETERS = ("model", "device", "precision", "image_reliability", "backend", "threads", "tracking")
 
 
 def validate_parameter(name: str, value) -> str | None:
@@ -111,6 +113,7 @@ class _Frame:
     header: Header
     image: np.ndarray
     intrinsics: tuple[float, float, float, float] | None
+    received_s: float  # time.monotonic() when the image callback started (for processing latency)
 
 
 def _logged(transition):
@@ -291,7 +294,8 @@ class HandPoseNode(LifecycleNode):
         try:
             estimator = HandPoseEstimator.from_checkpoint(model, device=device, precision=precision,
                                                           threads=self._param("threads"),
-                                                          backend=self._param("backend"))
+                                                          backend=self._param("backend"),
+                                                          tracking=self._param("tracking"))
         except HandPoseError as exc:
             self.get_logger().error(
                 f"cannot load model {model!r}: {exc}. The node stays up, inactive: set a valid `model` "
@@ -367,6 +371,7 @@ class HandPoseNode(LifecycleNode):
             self._intrinsics_problem = problem or ""
 
     def _on_image(self, msg: Image) -> None:
+        received_s = time.monotonic()
         self._stats.input()
         estimator = self._estimator
         if estimator is None:
@@ -395,7 +400,7 @@ class HandPoseNode(LifecycleNode):
         with self._cond:
             if self._pending is not None:
                 self._stats.dropped()
-            self._pending = _Frame(msg.header, image, intrinsics)
+            self._pending = _Frame(msg.header, image, intrinsics, received_s)
             self._cond.notify()
 
     def _camera_info_topic(self) -> str:
@@ -431,7 +436,7 @@ class HandPoseNode(LifecycleNode):
         pubs["keypoints"].publish(conv.keypoints_to_pointcloud2(poses, frame.header))
         stamp = _stamp_seconds(frame.header)
         latency = self.get_clock().now().nanoseconds * 1e-9 - stamp if stamp > 0 else None
-        self._stats.output(latency)
+        self._stats.output(latency, time.monotonic() - frame.received_s)
 
         min_conf = float(self._param("min_confidence"))
         if poses:

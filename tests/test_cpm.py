@@ -152,7 +152,7 @@ def test_pipeline_depth_lookup_with_holes(estimator):
     uv = poses[0].uv_px
     assert np.allclose(xyz[:, 0], (uv[:, 0] - 64.0) * 0.5 / 100.0, atol=1e-5)
     # no valid depth anywhere: NaN, not 0
-    estimator._pipeline.reset()
+    estimator.reset()
     poses = estimator.predict(img, intr, depth=np.zeros((96, 128), np.float32))
     assert len(poses) == 1 and np.all(np.isnan(poses[0].xyz_m))
 
@@ -178,7 +178,7 @@ def test_pipeline_tracking_box_follows_keypoints(estimator):
 def test_pipeline_accepts_grey_rgba_and_tiny_images(estimator, shape, dtype):
     img = np.full(shape, 90, dtype)
     poses = estimator.predict(img)
-    estimator._pipeline.reset()
+    estimator.reset()
     assert isinstance(poses, list)
     for p in poses:
         assert p.uv_px.shape == (21, 2) and np.all(np.isfinite(p.uv_px))

@@ -236,16 +236,19 @@ def test_stats_and_throttle():
     stats = PipelineStats(clock=lambda: now[0])
     for latency in (0.01, 0.02, 0.03, 0.04):
         stats.input()
-        stats.output(latency)
+        stats.output(latency, latency / 2)
+    stats.output(None, float("nan"))  # no stamp, no receipt time: counted, in neither latency
     stats.input()
     stats.dropped()
     stats.bad()
     now[0] = 2.0
     snap = stats.snapshot()
-    assert snap.input_hz == pytest.approx(2.5) and snap.output_hz == pytest.approx(2.0)
+    assert snap.input_hz == pytest.approx(2.5) and snap.output_hz == pytest.approx(2.5)
     assert snap.latency_p50_ms == pytest.approx(25.0) and snap.dropped_total == 1 and snap.bad_total == 1
+    assert snap.processing_p50_ms == pytest.approx(12.5) and snap.processing_p95_ms == pytest.approx(19.25)
     now[0] = 3.0
-    assert np.isnan(stats.snapshot().latency_p50_ms)
+    empty = stats.snapshot()
+    assert np.isnan(empty.latency_p50_ms) and np.isnan(empty.processing_p95_ms)
 
     throttle = KindThrottle(5.0, clock=lambda: now[0])
     assert throttle.admit("data is 10 bytes, shorter than 20") == 0

@@ -91,7 +91,7 @@ def pipeline_eval(checkpoint: str, seed: int, frames: int) -> dict:
         preds, gts, times, found = [], [], [], 0
         for i in range(frames):
             s = gen[i]
-            est._pipeline.reset()  # each frame on its own: no tracking between unrelated frames
+            est.reset()  # each frame on its own: no tracking between unrelated frames
             t0 = time.perf_counter()
             if mode == "depth":
                 poses = est.predict(s.rgb, s.intrinsics.as_tuple(), depth=s.depth_mm)
@@ -118,7 +118,7 @@ def tracking_eval(checkpoint: str, seed: int, sequences: int, frames: int) -> di
     est = HandPoseEstimator.from_checkpoint(checkpoint, device="cpu")
     preds, gts = [], []
     for q in tqdm(range(sequences), desc="tracking", unit="seq"):
-        est._pipeline.reset()
+        est.reset()
         for s in gen.trajectory(frames, start_index=q):
             poses = est.predict(s.rgb)
             preds.append(poses[0].uv_px if poses else np.full((21, 2), np.nan, np.float32))

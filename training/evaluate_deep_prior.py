@@ -5,6 +5,13 @@ whole depth frame, crop, model, decode), so the figures include localisation fai
 OUT/eval.json (mean / per-joint error in mm, the DeepPrior-papers curve "fraction of frames whose
 worst joint is within d mm", d = 0..80, detection rate) and OUT/eval.png (the curve).
 
+The held-out frames are unrelated, so each is searched on its own (no tracking). With
+``--sequences N`` the JSON also gets ``tracking``: N moving-hand sequences
+(``SyntheticHands.trajectory``, 30 fps) run as the node runs a camera stream, once with tracking
+(the previous frame's joints place the crop; see :mod:`handpose_core.pipelines.depth`) and once
+with every frame searched: mean error, worst joint within 40 mm, predict time and the share of
+frames that took the tracked path.
+
     python -m training.evaluate_deep_prior --checkpoint runs/deep_prior/model.pt --n-test 2000 --out docs
 """
 
@@ -31,7 +38,8 @@ TEST_SEED = 1000  # training uses small data seeds; held-out frames come from th
 def evaluate(checkpoint: str, n_test: int, seed: int = TEST_SEED, device: str = "cpu",
              progress: bool = True) -> dict:
     """Figures of ``checkpoint`` on ``n_test`` synthetic frames of generator ``seed`` (see module doc)."""
-    est = HandPoseEstimator.from_checkpoint(checkpoint, device=device)
+    # unrelated frames: no tracking from one to the next
+    est = HandPoseEstimator.from_checkpoint(checkpoint, device=device, tracking=False)
     gen = SyntheticHands(SynthConfig(render_rgb=False), seed=seed)
     preds, gts, found = [], [], []
     t_predict = []
@@ -61,6 +69,36 @@ def evaluate(checkpoint: str, n_test: int, seed: int = TEST_SEED, device: str = 
     return figures
 
 
+def tracking_eval(checkpoint: str, sequences: int, frames: int, seed: int = TEST_SEED, device: str = "cpu",
+                  progress: bool = True) -> dict:
+    """The ``tracking`` protocol (module doc): {"tracked": figures, "per_frame": figures, ...}."""
+    gen = SyntheticHands(SynthConfig(render_rgb=False), seed=seed)
+    streams = [list(gen.trajectory(frames, start_index=q)) for q in range(sequences)]
+    out: dict = {"sequences": sequences, "frames_per_sequence": frames, "seed": seed}
+    for mode, tracking in (("tracked", True), ("per_frame", False)):
+        est = HandPoseEstimator.from_checkpoint(checkpoint, device=device, tracking=tracking)
+        errors, times, tracked = [], [], 0
+        for stream in tqdm(streams, desc=f"sequences, {mode}", disable=not progress, unit="seq"):
+            est.reset()
+            for s in stream:
+                t0 = time.perf_counter()
+                poses = est.predict(s.depth_mm, s.intrinsics)
+                times.append(time.perf_counter() - t0)
+                if poses:
+                    tracked += poses[0].extras.get("box_source") == "track"
+                    errors.append(np.linalg.norm(poses[0].xyz_m - s.xyz_m, axis=1) * 1000.0)
+                else:
+                    errors.append(np.full(len(s.xyz_m), np.inf))
+        err = np.stack(errors)
+        found = np.isfinite(err).all(axis=1)
+        out[mode] = {"mean_error_mm": float(err[found].mean()) if found.any() else float("nan"),
+                     "frames_within_40mm": float((err.max(axis=1) <= 40).mean()),
+                     "detection_rate": float(found.mean()), "tracked_share": tracked / len(err),
+                     "predict_ms_p50": float(np.median(times) * 1e3),
+                     "predict_ms_p95": float(np.percentile(times, 95) * 1e3)}
+    return out
+
+
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--checkpoint", required=True, help="checkpoint path or default:depth")
@@ -70,6 +108,9 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--out", default="runs/eval", help="folder for eval.json and eval.png")
     p.add_argument("--name", default="eval", help="file stem of the outputs")
     p.add_argument("--threads", type=int, default=0, help="CPU threads for torch (0 = default)")
+    p.add_argument("--sequences", type=int, default=0,
+                   help="also run this many moving-hand sequences with and without tracking (0 = off)")
+    p.add_argument("--sequence-frames", type=int, default=60, help="frames per sequence (30 fps)")
     p.add_argument("--no-progress", action="store_true")
     args = p.parse_args(argv)
     if args.threads:
@@ -79,6 +120,9 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     try:
         figures = evaluate(args.checkpoint, args.n_test, args.seed, args.device, not args.no_progress)
+        if args.sequences > 0:
+            figures["tracking"] = tracking_eval(args.checkpoint, args.sequences, args.sequence_frames,
+                                                args.seed + 1, args.device, not args.no_progress)
     except HandPoseError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
@@ -90,6 +134,11 @@ def main(argv: list[str] | None = None) -> int:
     write_png(out / f"{args.name}.png", img)
     print(f"mean error {figures['mean_error_mm']:.2f} mm (detected frames), detection {figures['detection_rate']:.1%}, "
           f"worst joint within 40 mm: {figures['frames_within_40mm']:.1%}; wrote {out}/{args.name}.json/.png")
+    for mode, r in figures.get("tracking", {}).items():
+        if isinstance(r, dict):
+            print(f"sequences, {mode}: mean error {r['mean_error_mm']:.2f} mm, within 40 mm "
+                  f"{r['frames_within_40mm']:.1%}, tracked {r['tracked_share']:.0%} of frames, "
+                  f"predict p50 {r['predict_ms_p50']:.2f} ms (p95 {r['predict_ms_p95']:.2f})")
     return 0
 
 

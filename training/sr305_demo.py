@@ -43,7 +43,7 @@ def main(argv: list[str] | None = None) -> int:
     if not frames:
         print(f"error: no PNG frames under {args.data}", file=sys.stderr)
         return 2
-    est = HandPoseEstimator.from_checkpoint(args.checkpoint, device="cpu")
+    est = HandPoseEstimator.from_checkpoint(args.checkpoint, device="cpu", tracking=False)  # a search on every frame
     tiles, found = [], 0
     for path in frames:
         depth_m = load_sr305(path)

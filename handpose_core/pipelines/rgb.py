@@ -7,7 +7,7 @@ a. ``roi``: a fixed region of interest (x0, y0, x1, y1) source pixels, set by th
    entirely outside the image gives ``[]``.
 b. tracking: the previous frame's keypoints with ``crop_margin`` (the training crop margin). The
    track is dropped when the mean joint confidence falls below ``track_min_confidence``, when the
-   image size changes, or on :meth:`RGBPipeline.reset`.
+   image size changes, or on :meth:`RGBPipeline.reset`; ``track=False`` turns tracking off.
 c. an aligned depth image (``depth`` + ``intrinsics``): the nearest object, found by
    :meth:`DepthCropCodec.locate`, with a box of ``hand_box_mm`` projected at its depth.
 d. search: the whole frame at several scales (each scale assumes the hand spans a fraction of
@@ -131,8 +131,9 @@ class RGBPipeline:
 
     def __init__(self, blob: dict[str, Any], device: torch.device, precision: str = "fp32",
                  roi: tuple[float, float, float, float] | None = None, optimize: bool = True,
-                 backend: str = "torch", threads: int = 0, **overrides) -> None:
+                 backend: str = "torch", threads: int = 0, track: bool = True, **overrides) -> None:
         meta = blob["meta"]
+        self.tracking = bool(track)
         self.model, self.dtype = load_for_inference(blob, device, precision, optimize, backend, threads)
         self.device = device
         self.spec = InputSpec(**meta["input"])
@@ -257,7 +258,7 @@ class RGBPipeline:
         out = self._predict_box(rgb, box)
         conf = out["conf"]
         mean_conf = float(conf.mean())
-        if source != "roi" and mean_conf >= self.cfg["track_min_confidence"]:
+        if self.tracking and source != "roi" and mean_conf >= self.cfg["track_min_confidence"]:
             ok = conf >= self.cfg["keypoint_min_confidence"]
             self._track = box_from_keypoints(out["uv"], self.cfg["crop_margin"], valid=ok if ok.sum() >= 3 else None)
             self._track_shape = (h, w)
