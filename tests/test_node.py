@@ -35,7 +35,7 @@ from handpose_core.keypoints import HAND21
 from handpose_ros import conversions as conv
 from handpose_ros import node as node_module
 from handpose_ros.diagnostics import KindThrottle, PipelineStats, problem_kind
-from handpose_ros.node import PARAMETERS, HandPoseNode, validate_parameter
+from handpose_ros.node import PARAMETERS, RESTART_PARAMETERS, HandPoseNode, validate_parameter
 from tests import ros_util as ru
 
 pytestmark = pytest.mark.ros
@@ -314,6 +314,23 @@ def test_newest_frame_wins_and_drops_are_counted(ctx, monkeypatch, frames):
             assert last.header.frame_id == "camera_optical_frame"
     finally:
         _close(node)
+
+
+def test_tracking_parameter_reaches_the_estimator(ctx, monkeypatch):
+    got: list[dict] = []
+
+    def factory(cls, *args, **kwargs):
+        got.append(kwargs)
+        return ru.FakeEstimator()
+
+    monkeypatch.setattr(HandPoseEstimator, "from_checkpoint", classmethod(factory))
+    for value in (True, False):
+        node = _make_node(ctx, **({} if value else {"tracking": False}))
+        try:
+            assert got[-1]["tracking"] is value
+        finally:
+            _close(node)
+    assert "tracking" in RESTART_PARAMETERS  # the estimator is built with it: a change needs a restart
 
 
 def test_lifecycle_frees_model_on_deactivate(ctx, monkeypatch, frames):
