@@ -145,22 +145,23 @@ class DepthPipeline:
             uvd = self._run(crop)
             found = self._more_passes(depth_mm, intrinsics, uvd, crop, self.passes - 1)
         uvd, crop, xyz_m = found
+        uv_px = self.codec.decode_uv(uvd, crop)
         confidence = joint_confidence(uvd)
         if self.tracking and float(confidence.mean()) >= self.track_cfg["min_confidence"]:
-            self._track = self._next_crop(uvd, crop, xyz_m)
+            self._track = self._next_crop(uv_px, xyz_m)
             self._track_key = key
             self._tracked_frames = 0 if source == "search" else self._tracked_frames + 1
         else:
             self.reset()
-        uv_px = self.codec.decode_uv(uvd, crop)
         half_px = (self.codec.size - 1) / 2.0
         crop_uv = (uvd[:, :2] * (self.codec.size / 2.0) + half_px).astype(np.float32)
         extras = {"crop": crop.image, "crop_uv": crop_uv, "uvd_norm": uvd,
                   "com_xyz_m": (crop.com_xyz_mm / 1000.0).astype(np.float32), "box_source": source}
         return [HandPose(uv_px, xyz_m, confidence, self.joint_names, crop.box_px, extras)]
 
-    def _next_crop(self, uvd: np.ndarray, crop, xyz_m: np.ndarray) -> tuple[np.ndarray, float] | None:
-        """(centre mm, rotation deg) of the crop that follows a prediction; None for a non-finite one.
+    def _next_crop(self, uv_px: np.ndarray, xyz_m: np.ndarray) -> tuple[np.ndarray, float] | None:
+        """(centre mm, rotation deg) of the crop that follows a prediction ((J, 2) px, (J, 3) m);
+        None for a non-finite one.
 
         The centre is the joint centroid: the estimate re-crops there, which fixes centres that a
         forearm or a nearby surface pulled off the hand; with ``align`` the crop is also turned so
@@ -171,8 +172,7 @@ class DepthPipeline:
             return None
         rotation_deg = 0.0
         if self.align is not None:
-            uv = self.codec.decode_uv(uvd, crop)
-            du, dv = uv[self.align[1]] - uv[self.align[0]]
+            du, dv = uv_px[self.align[1]] - uv_px[self.align[0]]
             rotation_deg = float(np.degrees(np.arctan2(dv, du))) + 90.0  # the pair up, as in training
         return centre_mm, rotation_deg
 
@@ -180,7 +180,7 @@ class DepthPipeline:
         """``passes`` more passes, each on the crop that follows the previous one -> (uvd, crop, xyz m)."""
         xyz_m = self.codec.decode_joints(uvd, crop)
         for _ in range(passes):
-            follow = self._next_crop(uvd, crop, xyz_m)
+            follow = self._next_crop(self.codec.decode_uv(uvd, crop), xyz_m)
             if follow is None:
                 break
             crop = self.codec.encode_mm(depth_mm, intrinsics, com_xyz_mm=follow[0], rotation_deg=follow[1])
