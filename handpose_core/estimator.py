@@ -131,9 +131,13 @@ class HandPoseEstimator:
     @property
     def backend(self) -> str:
         """``onnxruntime`` or ``torch``: what runs the network."""
+        from handpose_core.models.cpm import MirrorAveraged
         from handpose_core.models.onnx_backend import OrtModule
 
-        return "onnxruntime" if isinstance(self._pipeline.model, OrtModule) else "torch"
+        model = self._pipeline.model
+        if isinstance(model, MirrorAveraged):  # a wrapper around the network that runs
+            model = model.model
+        return "onnxruntime" if isinstance(model, OrtModule) else "torch"
 
     @property
     def modality(self) -> str:

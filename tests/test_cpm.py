@@ -11,7 +11,7 @@ import torch
 from handpose_core import HandPoseError, HandPoseEstimator
 from handpose_core.checkpoint import load_checkpoint
 from handpose_core.models import create_model, list_models
-from handpose_core.models.cpm import CPM
+from handpose_core.models.cpm import CPM, MirrorAveraged
 from handpose_core.pipelines.rgb import RGBPipeline, as_rgb, save_untrained
 
 CPM_VARIANTS = [name for name in list_models() if name.startswith("cpm_")]
@@ -103,6 +103,32 @@ def test_checkpoint_round_trip_weights_only(tmp_path):
     with torch.no_grad():
         assert torch.equal(model.eval()(x)[-1], ref.eval()(x)[-1])
     assert path.stat().st_size < 15e6
+
+
+def test_mirror_averaged_maps_are_the_mean_of_the_image_and_its_mirror(tmp_path):
+    """``pipeline.flip_average``: every network call returns the mean of the maps of the image and of
+    its mirror (mirrored back); our trained CPMs set it, imported OpenPose weights do not."""
+    torch.manual_seed(0)
+    model = create_model("cpm_tiny").eval()
+    x = torch.randn(2, 3, 64, 72)  # width 72: a stride multiple, not square
+    with torch.no_grad():
+        plain, of_mirror = model(x), model(x.flip(-1))
+        averaged = MirrorAveraged(model)(x)
+    assert len(averaged) == len(plain)
+    for a, p, m in zip(averaged, plain, of_mirror, strict=True):
+        assert (p - m.flip(-1)).abs().max() > 1e-4  # the network is not mirror-symmetric by itself
+        torch.testing.assert_close(a, (p + m.flip(-1)) / 2)
+    path = save_untrained(tmp_path / "cpm.pt")
+    assert not RGBPipeline(load_checkpoint(path), torch.device("cpu")).cfg["flip_average"]
+    blob = load_checkpoint(path)
+    blob["meta"]["pipeline"]["flip_average"] = True
+    pipe = RGBPipeline(blob, torch.device("cpu"), optimize=False)
+    assert isinstance(pipe.model, MirrorAveraged)  # every call: the crop pass and the scale search
+    crop = np.random.default_rng(1).integers(0, 255, (1, 64, 64, 3), dtype=np.uint8)
+    with torch.no_grad():
+        expected = MirrorAveraged(pipe.model.model)(torch.from_numpy(pipe.spec.normalize(crop)))
+    np.testing.assert_allclose(pipe._run(crop)[-1], expected[-1].numpy(), atol=1e-5)
+    assert load_checkpoint("handpose_core/weights/cpm_light_synth.pt")["meta"]["pipeline"]["flip_average"]
 
 
 @pytest.fixture(scope="module")

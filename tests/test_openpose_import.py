@@ -146,6 +146,7 @@ def test_caffemodel_import_matches_reference_forward(caffemodel, weights, tmp_pa
     assert meta["input"] == {"size": 368, "channel_order": "bgr", "scale": 1 / 256, "offset": -0.5,
                              "border_value": 128.0}
     assert len(meta["provenance"]["sha256"]) == 64
+    assert meta["pipeline"]["flip_average"] is False  # OpenPose's network is fed right hands: no mirror averaging
     model = create_model(blob["model"]["name"], **blob["model"]["config"])
     model.load_state_dict(blob["state_dict"])
     _outputs_equal(model, weights)

@@ -43,6 +43,7 @@ from handpose_core.checkpoint import load_checkpoint
 from handpose_core.codecs.belief_maps import BeliefMapCodec, InputSpec
 from handpose_core.keypoints import HAND21
 from handpose_core.models import create_model
+from handpose_core.models.cpm import MirrorAveraged
 from handpose_core.pipelines.rgb import draw_skeleton
 from handpose_core.training.cpm_task import (
     DataConfig,
@@ -61,6 +62,8 @@ def load_model(path: str | Path, device: torch.device):
     model.load_state_dict(blob["state_dict"])
     model.to(device).eval()
     meta = blob["meta"]
+    if meta.get("pipeline", {}).get("flip_average"):  # as the RGB pipeline runs it
+        model = MirrorAveraged(model).eval()
     return model, BeliefMapCodec(**meta["codec"]), InputSpec(**meta["input"]), blob
 
 

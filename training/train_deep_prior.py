@@ -60,18 +60,19 @@ def build_parser() -> argparse.ArgumentParser:
     return p
 
 
-def load_training_data(args, codec: DepthCropCodec, big_factor: float = 1.5
+def load_training_data(args, codec: DepthCropCodec, big_factor: float = 2.0, max_offset_mm: float = 180.0
                        ) -> tuple[CropSet, tuple[str, ...], dict]:
     """(crops, joint names, provenance) for the --data source.
 
-    Synthetic frames are cached as big crops (``big_factor`` x the cube) so training can re-centre
-    them; NYU frames and seed-HDF5 crops come at the codec's cube (big_factor 1).
+    Synthetic frames are cached as big crops (``big_factor`` x the cube, searched centres kept up to
+    ``max_offset_mm`` off the hand) so training can re-centre them; NYU frames and seed-HDF5 crops
+    come at the codec's cube (big_factor 1).
     """
     if args.data == "synthetic":
         from handpose_core.keypoints import HAND21
 
         data = synthetic_crops(args.n_train, args.data_seed, codec, args.cache_dir, workers=getattr(args, "workers", 2),
-                               progress=not args.no_progress, big_factor=big_factor)
+                               progress=not args.no_progress, big_factor=big_factor, max_offset_mm=max_offset_mm)
         return data, HAND21.joint_names, {"data": "synthetic", "data_seed": args.data_seed, "n_train": args.n_train,
                                           "located_fraction": round(data.meta["located_fraction"], 4)}
     kind, _, location = args.data.partition(":")
@@ -119,7 +120,7 @@ def main(argv: list[str] | None = None) -> int:
     codec = DepthCropCodec()  # crops are cached at this size x big_factor; the task resamples them
     t_data = time.perf_counter()
     try:
-        data, names, provenance = load_training_data(args, codec, rcp.big_factor)
+        data, names, provenance = load_training_data(args, codec, rcp.big_factor, rcp.max_search_offset_mm)
     except HandPoseError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
@@ -138,7 +139,8 @@ def main(argv: list[str] | None = None) -> int:
     if args.data == "synthetic" and args.n_val > 0:
         # First-pass crops at the searched centre, as the estimator cuts them; errors in mm at the cube's scale.
         val = synthetic_crops(args.n_val, args.data_seed + 1_000_000, codec, args.cache_dir,
-                              workers=args.workers, progress=not args.no_progress, big_factor=rcp.big_factor)
+                              workers=args.workers, progress=not args.no_progress, big_factor=rcp.big_factor,
+                              max_offset_mm=rcp.max_search_offset_mm)
         x_val, y_val = recrop_plain(val, task.codec)
 
         def evaluate(model, device):

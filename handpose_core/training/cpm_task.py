@@ -474,7 +474,9 @@ class CPMTask:
 
         r = self.recipe
         return rgb_meta(self.model_name, self.model_config, self.codec, self.spec,
-                        pipeline={"crop_margin": r.augment.crop_margin},
+                        # flip_average: the data hold left and right hands, so a mirrored crop is
+                        # just another hand (models.cpm.MirrorAveraged)
+                        pipeline={"crop_margin": r.augment.crop_margin, "flip_average": True},
                         provenance={"recipe": self.recipe_name, "command": self.command, "data": asdict(r.data),
                                     "augment": asdict(r.augment), "sigma_px": r.sigma_px,
                                     "cpu_bf16": r.cpu_bf16, "channels_last": r.channels_last,

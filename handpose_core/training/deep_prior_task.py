@@ -58,7 +58,9 @@ class DeepPriorRecipe:
     Augmentation (when ``augment``): rotation uniform in +-``rot_deg``; cube scale uniform in
     1 +- ``scale``; crop centre = joint centroid with probability ``p_gt_centre`` (Gaussian jitter
     ``gt_jitter_mm``), else the searched centre (jitter ``jitter_mm``); mirror with ``flip_prob``.
-    ``passes`` is written to the checkpoint for the estimator (2 = re-crop on the first pass).
+    ``passes`` is written to the checkpoint for the estimator (2 = re-crop on the first pass, 3 =
+    once more on the second's), and so is ``flip_average`` (where crops were mirrored in training:
+    the estimator averages its final crop's prediction with its mirror image's).
 
     ``align`` (a pair of joint names, e.g. ``("wrist", "middle_mcp")``, or ``"auto"``: the joint
     layout's ``axis``, none for a layout without one): the crops centred on the
@@ -80,11 +82,23 @@ class DeepPriorRecipe:
     gt_jitter_mm: float = 15.0
     p_gt_centre: float = 0.5
     flip_prob: float = 0.5
-    big_factor: float = 1.5  # cached crops: this many times the cube (room to re-centre)
+    # cached crops: this many times the cube (room to re-centre). 2.0 leaves room for the frames
+    # the hand search centres on a forearm pointing at the camera (see max_search_offset_mm).
+    big_factor: float = 2.0
+    # a cached frame keeps its searched centre (and so trains the first pass) while the joint
+    # centroid lies at most this far from it on each axis; farther ones are centred on the joints.
+    # 1.5 x / 101 mm (before): the first pass never saw the 2 % of held-out frames whose search
+    # lands 150+ mm off the hand, mostly on a forearm reaching towards the camera, and they
+    # averaged 150 mm of error.
+    max_search_offset_mm: float = 180.0
     # side of the model's crop, px (0 = the codec's, 128). The cache stays at the codec's size x
     # big_factor; recrop resamples it to this size, so one cache serves every input size.
     input_size: int = 0
-    passes: int = 2
+    # 2,000 held-out frames, 24-min model (8,112 steps): 2 passes 22.27 mm, 3 passes 21.55 mm,
+    # 3 passes + flip_average 20.94 mm. A pass costs ~1.5 ms on the searched path only (a tracked
+    # frame runs TRACK_DEFAULTS["passes"]); flip_average ~0.55 ms, on the final pass only.
+    passes: int = 3
+    flip_average: bool = True
     align: tuple[str, str] | str | None = None
     align_jitter_deg: float = 15.0
     # on a CPU with native bfloat16 (harness.use_cpu_bf16), run the conv features in bfloat16
@@ -197,13 +211,15 @@ class CropSet:
 
 
 def encode_big(codec: DepthCropCodec, depth, xyz_m: np.ndarray, intrinsics, big_factor: float,
-               max_offset: float = 0.45) -> tuple[np.ndarray, np.ndarray, float, bool]:
+               max_offset_mm: float = 180.0) -> tuple[np.ndarray, np.ndarray, float, bool]:
     """One frame -> (big crop (Sb, Sb), labels (J*3,), centre depth mm, located).
 
     The centre is the hand search's; where the search finds nothing, or the joint centroid lies
-    more than ``max_offset`` (big-crop normalized units) from it (another object was found, or a
-    forearm pulled the centre so far that re-centring would leave the big crop), it is the
-    centroid of the labelled joints instead.
+    more than ``max_offset_mm`` from it on some axis (another object was found, or a forearm
+    pulled the centre so far that re-centring would leave the big crop), it is the centroid of the
+    labelled joints instead. Keep ``max_offset_mm`` + the codec's half cube within about the big
+    crop's half cube: a joint-centred training crop cut from a frame that far off reads the part
+    outside the big crop as background.
     """
     big = replace(codec, cube_mm=codec.cube_mm * big_factor, size=int(round(codec.size * big_factor)))
     centroid_mm = np.asarray(xyz_m, np.float64).mean(axis=0) * 1000.0
@@ -211,7 +227,8 @@ def encode_big(codec: DepthCropCodec, depth, xyz_m: np.ndarray, intrinsics, big_
         com = codec.locate(depth_to_mm(depth), intrinsics)
         crop = big.encode(depth, intrinsics, com_xyz_mm=com)
         labels = big.encode_joints(xyz_m, crop)
-        located = bool(np.all(np.abs(labels.mean(axis=0)) <= max_offset))
+        # normalized uvd: one unit is half the big cube, in mm at the centre's depth
+        located = bool(np.all(np.abs(labels.mean(axis=0)) * big.cube_mm / 2.0 <= max_offset_mm))
     except NoHandError:
         located = False
     if not located:
@@ -221,24 +238,26 @@ def encode_big(codec: DepthCropCodec, depth, xyz_m: np.ndarray, intrinsics, big_
     return crop.image.astype(np.float16), labels.reshape(-1), float(com[2]), located
 
 
-def _render_range(args: tuple[int, int, int, dict, float]) -> tuple[np.ndarray, ...]:
+def _render_range(args: tuple[int, int, int, dict, float, float]) -> tuple[np.ndarray, ...]:
     """Worker: big crops, labels, centre depths, located flags of synthetic frames [start, stop)."""
     from handpose_core.data.synthetic import SynthConfig, SyntheticHands
 
-    seed, start, stop, codec_cfg, big_factor = args
+    seed, start, stop, codec_cfg, big_factor, max_offset_mm = args
     torch.set_num_threads(1)
     gen = SyntheticHands(SynthConfig(render_rgb=False), seed=seed)
     codec = DepthCropCodec(**codec_cfg)
-    out = [encode_big(codec, s.depth_mm, s.xyz_m, s.intrinsics, big_factor) for s in (gen[i] for i in
+    out = [encode_big(codec, s.depth_mm, s.xyz_m, s.intrinsics, big_factor, max_offset_mm) for s in (gen[i] for i in
                                                                                       range(start, stop))]
     return (np.stack([o[0] for o in out]), np.stack([o[1] for o in out]).astype(np.float32),
             np.array([o[2] for o in out], np.float32), np.array([o[3] for o in out], bool))
 
 
 def synthetic_crops(n: int, seed: int, codec: DepthCropCodec, cache_dir: str | os.PathLike = "runs/cache",
-                    workers: int = 2, progress: bool = True, big_factor: float = 1.5) -> CropSet:
-    """Big crops of synthetic frames [0, n) of generator ``seed``, rendered once and cached."""
-    key = hashlib.sha1(json.dumps([n, seed, codec.to_config(), big_factor, CACHE_VERSION], sort_keys=True,
+                    workers: int = 2, progress: bool = True, big_factor: float = 2.0,
+                    max_offset_mm: float = 180.0) -> CropSet:
+    """Big crops of synthetic frames [0, n) of generator ``seed`` (see :func:`encode_big`), rendered once and cached."""
+    key = hashlib.sha1(json.dumps([n, seed, codec.to_config(), big_factor, max_offset_mm, CACHE_VERSION],
+                                  sort_keys=True,
                                   default=str).encode()).hexdigest()[:10]
     path = Path(cache_dir) / f"deep_prior_synth_s{seed}_n{n}_x{big_factor:g}_{key}"
     if not (path / "done").is_file():
@@ -249,7 +268,8 @@ def synthetic_crops(n: int, seed: int, codec: DepthCropCodec, cache_dir: str | o
         crops = np.lib.format.open_memmap(tmp / "crops.npy", mode="w+", dtype=np.float16, shape=(n, size, size))
         labels, z_mm, located = [], [], []
         chunk = 200
-        jobs = [(seed, s, min(n, s + chunk), codec.to_config(), big_factor) for s in range(0, n, chunk)]
+        jobs = [(seed, s, min(n, s + chunk), codec.to_config(), big_factor, max_offset_mm)
+                for s in range(0, n, chunk)]
         ctx = get_context("spawn")
         with ctx.Pool(workers) as pool, tqdm(total=n, desc=f"render seed {seed}", disable=not progress,
                                              unit="frame") as bar:
@@ -266,7 +286,8 @@ def synthetic_crops(n: int, seed: int, codec: DepthCropCodec, cache_dir: str | o
         np.save(tmp / "labels.npy", np.concatenate(labels))
         np.save(tmp / "z_mm.npy", np.concatenate(z_mm))
         np.save(tmp / "located.npy", np.concatenate(located))
-        (tmp / "done").write_text(json.dumps({"n": n, "seed": seed, "big_factor": big_factor}))
+        (tmp / "done").write_text(json.dumps({"n": n, "seed": seed, "big_factor": big_factor,
+                                              "max_offset_mm": max_offset_mm}))
         shutil.rmtree(path, ignore_errors=True)
         os.replace(tmp, path)
     located = np.load(path / "located.npy")
@@ -355,7 +376,8 @@ class DeepPriorTask:
             crops = torch.ones(n, 1, 2, 2)
             size = 2
         else:
-            crops = torch.from_numpy(np.asarray(self.data.crops[idx], dtype=np.float32))[:, None]
+            # torch's float16 -> float32 conversion is vectorised, numpy's is not (9 -> 3 ms a batch)
+            crops = torch.from_numpy(np.asarray(self.data.crops[idx])).float()[:, None]
             size = self.codec.size
         return recrop(crops, labels, tt[0], tt[1], tt[2], flip_t, big, size, z_ratio=tt[3])
 
@@ -401,6 +423,8 @@ class DeepPriorTask:
             "joint_names": list(self.joint_names),
             "codec": self.codec.to_config(),
             "inference": {"passes": int(self.recipe.passes),
+                          "flip_average": bool(self.recipe.flip_average and self.recipe.augment
+                                               and self.recipe.flip_prob > 0),
                           **({"align": list(self.align_idx)} if self.align_idx is not None else {})},
             "pca": {"k": self.recipe.bottleneck, "fitted_on": int(self.pca_fitted_on),
                     "residual_mm": round(self.pca_residual_mm, 3)},
