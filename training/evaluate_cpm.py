@@ -57,6 +57,9 @@ from handpose_core.training.metrics_2d import bbox_size, evaluate_2d, plot_pck
 
 
 def load_model(path: str | Path, device: torch.device):
+    """A CPM checkpoint -> (eval-mode model, belief-map codec, input spec, blob); the model is wrapped
+    in :class:`MirrorAveraged` where the checkpoint's ``pipeline.flip_average`` says the RGB pipeline
+    runs it so, so that the crop figures are the pipeline's."""
     blob = load_checkpoint(path)
     model = create_model(blob["model"]["name"], **blob["model"]["config"])
     model.load_state_dict(blob["state_dict"])
