@@ -26,7 +26,7 @@ import torch
 from handpose_core.checkpoint import load_checkpoint, save_checkpoint
 from handpose_core.codecs.depth_crop import DepthCropCodec
 from handpose_core.errors import HandPoseError
-from handpose_core.training.deep_prior_task import CropSet, DeepPriorTask, recipe, synthetic_crops
+from handpose_core.training.deep_prior_task import CropSet, DeepPriorRecipe, DeepPriorTask, recipe, synthetic_crops
 from handpose_core.training.harness import train
 
 
@@ -60,7 +60,8 @@ def build_parser() -> argparse.ArgumentParser:
     return p
 
 
-def load_training_data(args, codec: DepthCropCodec, big_factor: float = 2.0, max_offset_mm: float = 180.0
+def load_training_data(args, codec: DepthCropCodec, big_factor: float = DeepPriorRecipe.big_factor,
+                       max_offset_mm: float = DeepPriorRecipe.max_search_offset_mm
                        ) -> tuple[CropSet, tuple[str, ...], dict]:
     """(crops, joint names, provenance) for the --data source.
 

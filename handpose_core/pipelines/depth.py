@@ -164,8 +164,7 @@ class DepthPipeline:
             except NoHandError:
                 self.reset()
                 return []
-            uvd = self._run(crop, mirror=self.flip_average and self.passes == 1)
-            found = self._more_passes(depth_mm, intrinsics, uvd, crop, self.passes - 1, self.flip_average)
+            found = self._passes(depth_mm, intrinsics, crop, self.passes, self.flip_average)
         uvd, crop, xyz_m = found
         uv_px = self.codec.decode_uv(uvd, crop)
         confidence = joint_confidence(uvd)
@@ -198,12 +197,12 @@ class DepthPipeline:
             rotation_deg = float(np.degrees(np.arctan2(dv, du))) + 90.0  # the pair up, as in training
         return centre_mm, rotation_deg
 
-    def _more_passes(self, depth_mm: np.ndarray, intrinsics: Intrinsics, uvd: np.ndarray, crop, passes: int,
-                     mirror_last: bool = False):
-        """``passes`` more passes, each on the crop that follows the previous one -> (uvd, crop, xyz m);
-        ``mirror_last``: the last of them mirror-averaged."""
+    def _passes(self, depth_mm: np.ndarray, intrinsics: Intrinsics, crop, passes: int, mirror_last: bool):
+        """``passes`` network passes, the first on ``crop``, each later one on the crop that follows the
+        previous one -> (uvd, crop, xyz m); ``mirror_last``: the last of them mirror-averaged."""
+        uvd = self._run(crop, mirror=mirror_last and passes == 1)
         xyz_m = self.codec.decode_joints(uvd, crop)
-        for k in range(passes):
+        for k in range(1, passes):
             follow = self._next_crop(self.codec.decode_uv(uvd, crop), xyz_m)
             if follow is None:
                 break
@@ -223,10 +222,8 @@ class DepthPipeline:
         if float(np.mean(crop.image < 1.0)) < self.track_cfg["min_fill"]:
             self.reset()  # the hand left the tracked cube
             return None
-        passes = int(self.track_cfg["passes"])
-        mirror = self.flip_average and bool(self.track_cfg["flip_average"])
-        return self._more_passes(depth_mm, intrinsics, self._run(crop, mirror=mirror and passes == 1), crop,
-                                 passes - 1, mirror)
+        return self._passes(depth_mm, intrinsics, crop, int(self.track_cfg["passes"]),
+                            self.flip_average and bool(self.track_cfg["flip_average"]))
 
     def debug_image(self, image: np.ndarray, poses: list[HandPose], scale: int = 3) -> np.ndarray:
         """(S*scale, S*scale, 3) uint8 RGB: the first hand's normalized crop with its skeleton.

@@ -211,7 +211,8 @@ class CropSet:
 
 
 def encode_big(codec: DepthCropCodec, depth, xyz_m: np.ndarray, intrinsics, big_factor: float,
-               max_offset_mm: float = 180.0) -> tuple[np.ndarray, np.ndarray, float, bool]:
+               max_offset_mm: float = DeepPriorRecipe.max_search_offset_mm
+               ) -> tuple[np.ndarray, np.ndarray, float, bool]:
     """One frame -> (big crop (Sb, Sb), labels (J*3,), centre depth mm, located).
 
     The centre is the hand search's; where the search finds nothing, or the joint centroid lies
@@ -246,15 +247,15 @@ def _render_range(args: tuple[int, int, int, dict, float, float]) -> tuple[np.nd
     torch.set_num_threads(1)
     gen = SyntheticHands(SynthConfig(render_rgb=False), seed=seed)
     codec = DepthCropCodec(**codec_cfg)
-    out = [encode_big(codec, s.depth_mm, s.xyz_m, s.intrinsics, big_factor, max_offset_mm) for s in (gen[i] for i in
-                                                                                      range(start, stop))]
+    out = [encode_big(codec, s.depth_mm, s.xyz_m, s.intrinsics, big_factor, max_offset_mm)
+           for s in (gen[i] for i in range(start, stop))]
     return (np.stack([o[0] for o in out]), np.stack([o[1] for o in out]).astype(np.float32),
             np.array([o[2] for o in out], np.float32), np.array([o[3] for o in out], bool))
 
 
 def synthetic_crops(n: int, seed: int, codec: DepthCropCodec, cache_dir: str | os.PathLike = "runs/cache",
-                    workers: int = 2, progress: bool = True, big_factor: float = 2.0,
-                    max_offset_mm: float = 180.0) -> CropSet:
+                    workers: int = 2, progress: bool = True, big_factor: float = DeepPriorRecipe.big_factor,
+                    max_offset_mm: float = DeepPriorRecipe.max_search_offset_mm) -> CropSet:
     """Big crops of synthetic frames [0, n) of generator ``seed`` (see :func:`encode_big`), rendered once and cached."""
     key = hashlib.sha1(json.dumps([n, seed, codec.to_config(), big_factor, max_offset_mm, CACHE_VERSION],
                                   sort_keys=True,
