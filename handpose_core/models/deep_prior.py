@@ -7,12 +7,13 @@ Output: (N, J, 3) float32 joints in *normalized uvd* of the crop's cube (u, v, d
 Layout::
 
     features:  a CNN -> (N, F) feature vector                       (forward_features)
-    head:      FC layers -> linear bottleneck of k units (k = 30)     (forward_head ...)
+    head:      FC layers -> linear bottleneck of k units (k = 30-40)  (forward_head ...)
                -> PCA layer: mean + basis @ b, (J*3) -> (N, J, 3)     (... returns joints)
 
 The PCA layer is a linear layer initialised from the principal components of the training poses
-(:func:`fit_pca`, loaded with :func:`load_pca`); it is frozen unless ``finetune_pca`` is set, so
-the network can only output poses inside the k-dimensional pose prior.
+(:func:`fit_pca`, loaded with :func:`load_pca`); it is frozen unless ``finetune_pca`` is set.
+Either way the network can only output poses inside a k-dimensional affine subspace: the fitted
+prior, or (fine-tuned) one that training moves on from it.
 
 Registered variants:
 
@@ -24,7 +25,9 @@ Registered variants:
 - ``deep_prior_res`` (default): DeepPrior++-style residual network sized for a CPU: a 5x5 stride-2
   stem and a 2x2 max-pool (128 -> 32 px), four stages of basic residual blocks with batch norm
   (16, 32, 64, 128 channels; stride 2 between stages, 32 -> 4 px), flatten (or global average
-  pool), FC 512-512 with dropout, bottleneck k = 30, PCA layer.
+  pool), FC 512-512 with dropout, bottleneck k = 30, PCA layer. The default training recipe
+  (:func:`handpose_core.training.deep_prior_task.recipe`) drops the dropout, sets k = 40 and
+  fine-tunes the PCA layer.
 """
 
 from __future__ import annotations

@@ -14,9 +14,9 @@ a searched frame's final pass runs the crop and its left-right mirror as one bat
 averages the two predictions, the mirror's u negated back; a tracked frame only with
 ``track.flip_average`` (:data:`TRACK_DEFAULTS`). A mirrored hand is the other hand with the same
 joint order, so nothing is swapped. The earlier passes only place the next crop and run once:
-mirroring them too gained 0.06 mm. Packaged weights, 2,000 held-out frames: 21.55 -> 20.94 mm;
-20 x 60 tracked frames: 16.66 -> 15.59 mm; the batch of 2 costs ~0.55 ms over one crop (1.0 ->
-1.55 ms in onnxruntime on the 2-core development CPU).
+mirroring them too gained 0.06 mm. The 2026-12-01 packaged weights, 2,000 held-out frames:
+21.55 -> 20.94 mm; 20 x 60 tracked frames: 16.66 -> 15.59 mm (today's: 15.43 -> 14.67 mm); the
+batch of 2 costs ~0.55 ms over one crop (1.0 -> 1.55 ms in onnxruntime on the 2-core development CPU).
 
 Tracking (a stream of frames, as in the ROS node): a model with 2 or more passes was trained on
 crops centred on the joints, so the previous frame's final joints serve as the first pass of the
@@ -70,8 +70,8 @@ TRACK_DEFAULTS: dict[str, Any] = {
     # tracked, 1 pass 19.58 mm in 2.0 ms; tracked, 2 passes 19.26 mm in 3.0 ms.
     "passes": 1,
     # mirror-average a tracked frame's pass too, where the checkpoint says flip_average. Off: a
-    # tracked frame is the node's hot path. Packaged weights, 20 x 60 tracked frames: 16.66 mm
-    # without, 15.59 mm with; the LARGE_DATA depth node's p50 6.9-7.7 ms without, 8.9-9.2 with.
+    # tracked frame is the node's hot path. Packaged weights, 20 x 60 tracked frames: 15.43 mm
+    # without, 14.67 mm with; the LARGE_DATA depth node's p50 6.9-7.7 ms without, 8.9-9.2 with.
     "flip_average": False,
 }
 
