@@ -15,7 +15,7 @@ averages the two predictions, the mirror's u negated back; a tracked frame only 
 ``track.flip_average`` (:data:`TRACK_DEFAULTS`). A mirrored hand is the other hand with the same
 joint order, so nothing is swapped. The earlier passes only place the next crop and run once:
 mirroring them too gained 0.06 mm. The 2026-12-01 packaged weights, 2,000 held-out frames:
-21.55 -> 20.94 mm; 20 x 60 tracked frames: 16.66 -> 15.59 mm (today's: 15.43 -> 14.67 mm); the
+21.55 -> 20.94 mm; 20 x 60 tracked frames: 16.66 -> 15.59 mm (the 2026-12-02 weights: 15.43 -> 14.67 mm); the
 batch of 2 costs ~0.55 ms over one crop (1.0 -> 1.55 ms in onnxruntime on the 2-core development CPU).
 
 Tracking (a stream of frames, as in the ROS node): a model with 2 or more passes was trained on
