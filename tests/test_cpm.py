@@ -128,7 +128,8 @@ def test_mirror_averaged_maps_are_the_mean_of_the_image_and_its_mirror(tmp_path)
     with torch.no_grad():
         expected = MirrorAveraged(pipe.model.model)(torch.from_numpy(pipe.spec.normalize(crop)))
     np.testing.assert_allclose(pipe._run(crop)[-1], expected[-1].numpy(), atol=1e-5)
-    assert load_checkpoint("handpose_core/weights/cpm_light_synth.pt")["meta"]["pipeline"]["flip_average"]
+    packaged = load_checkpoint("handpose_core/weights/cpm_light_synth.pt")["meta"]["pipeline"]
+    assert packaged["flip_average"] and packaged["refine"] == ["depth", "search"]
 
 
 @pytest.fixture(scope="module")
@@ -197,6 +198,47 @@ def test_pipeline_tracking_box_follows_keypoints(estimator):
         pipe.reset()
     assert first[0].extras["box_source"] == "search"
     assert second[0].extras["box_source"] == "track"
+
+
+def test_pipeline_refine_reruns_the_crop_on_the_box_its_keypoints_call_for(estimator):
+    """A listed source's crop runs twice: the second on the first pass's fitted box, which is the
+    box the pose reports; an unlisted source runs once; unknown sources are a clear error."""
+    pipe = estimator._pipeline
+    old = dict(pipe.cfg)
+    calls = []
+    real = pipe._predict_box
+
+    def spy(rgb, box):
+        calls.append((box, real(rgb, box)))
+        return calls[-1][1]
+
+    pipe._predict_box = spy
+    try:
+        img = _frame()
+        pipe.cfg.update(refine=["search"], track_min_confidence=2.0)  # never tracks: every frame searches
+        poses = estimator.predict(img)
+        assert len(calls) == 2
+        fitted = pipe._fitted_box(calls[0][1]).clipped(img.shape[1], img.shape[0])
+        assert calls[1][0] == fitted
+        assert poses[0].box_px == pytest.approx(fitted.xyxy)
+        np.testing.assert_array_equal(poses[0].uv_px, calls[1][1]["uv"].astype(np.float32))
+        calls.clear()
+        pipe.cfg.update(refine=["depth"])
+        estimator.predict(img)
+        assert len(calls) == 1
+    finally:
+        pipe._predict_box = real
+        pipe.cfg.clear()
+        pipe.cfg.update(old)
+        pipe.reset()
+    with pytest.raises(HandPoseError, match="refine: unknown box sources"):
+        RGBPipeline(_packaged_blob_with(refine=["roi"]), torch.device("cpu"))
+
+
+def _packaged_blob_with(**pipeline):
+    blob = load_checkpoint("handpose_core/weights/cpm_light_synth.pt")
+    blob["meta"]["pipeline"] = {**blob["meta"]["pipeline"], **pipeline}
+    return blob
 
 
 @pytest.mark.parametrize("shape,dtype", [((60, 80), np.uint8), ((60, 80, 1), np.uint8), ((60, 80, 4), np.uint8),
@@ -270,6 +312,7 @@ def test_training_task_batches_loss_and_determinism(tmp_path):
     assert float(loss.detach()) == pytest.approx(sum(scalars.values()), rel=1e-5)
     meta = task.checkpoint_meta()
     assert meta["modality"] == "rgb" and meta["input"]["size"] == 64
+    assert meta["pipeline"]["refine"] == ["depth", "search"]  # trained on label-fitted boxes
     # foreground weighting: each pixel's squared error weighs 1 + fg_weight * (target peak height)
     weighted = CPMTask(dataclasses.replace(RECIPES["cpm_tiny"], fg_weight=4.0), train_data=data)
     stages = model(x1)

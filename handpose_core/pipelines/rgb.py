@@ -15,6 +15,10 @@ d. search: the whole frame at several scales (each scale assumes the hand spans 
    image coordinates (OpenPose's scale search), then a second pass on the box around the
    confident keypoints found.
 
+Refinement: for the box sources listed in ``refine`` the crop is run once more, on the box its
+keypoints call for (``crop_margin`` x their extent, as the tracker would cut it), so that the
+network sees the label-fitted box it was trained on rather than a metric or coarse one.
+
 A hand is reported when the mean joint confidence reaches ``min_confidence``; otherwise ``[]``.
 
 Input images: (H, W, 3) uint8 RGB. Decisions for other inputs: (H, W) or (H, W, 1) uint8 grey is
@@ -72,7 +76,16 @@ PIPELINE_DEFAULTS: dict[str, Any] = {
     # Packaged weights: crops PCK@0.2 0.819 -> 0.829, tracked sequences 0.773 -> 0.783. Mirroring
     # only the crop pass (the search frame 139 -> 94 ms) tracked worse, 0.757: keep both.
     "flip_average": False,
+    # box sources whose crop is run a second time on the box its keypoints call for (crop_margin x
+    # their extent, as the tracker cuts): the depth box is metric and the search's box comes from
+    # coarse maps, so neither is fitted to the hand the way training boxes are. One network call
+    # more on those frames. Sources: "depth", "search", "track" ("roi" is the user's box, kept).
+    # Packaged weights, held-out: ["depth", "search"] took full frames 0.735 -> 0.785 (depth box)
+    # and 0.677 -> 0.713 (search), tracked sequences 0.783 -> 0.793 (their first frames); adding
+    # "track" tracked at 0.805 but doubled a tracked frame's cost (RGB node p50 12.7 -> 17.7 ms).
+    "refine": [],
 }
+REFINE_SOURCES = ("depth", "search", "track")
 
 
 def rgb_meta(model_name: str, model_config: dict, codec: BeliefMapCodec, spec: InputSpec,
@@ -151,6 +164,9 @@ class RGBPipeline:
         if unknown:
             raise HandPoseError(f"unknown RGB pipeline options: {sorted(unknown)}")
         self.cfg = cfg
+        bad = set(cfg["refine"]) - set(REFINE_SOURCES)
+        if bad:
+            raise HandPoseError(f"refine: unknown box sources {sorted(bad)} (choose from {list(REFINE_SOURCES)})")
         if cfg["flip_average"]:
             self.model = MirrorAveraged(self.model)
         self.roi = roi
@@ -180,6 +196,12 @@ class RGBPipeline:
         uv = warp_points(uv_crop, warp, inverse=True)
         return {"uv": uv, "conf": conf, "warp": warp, "crop": crop, "maps": maps,
                 "stage_maps": [s[0] for s in stages], "box": box}
+
+    def _fitted_box(self, out: dict[str, Any]) -> CropBox:
+        """The box a pass's keypoints call for: ``crop_margin`` x the extent of its confident joints
+        (all joints where fewer than 3 are confident), the box the network was trained on."""
+        ok = out["conf"] >= self.cfg["keypoint_min_confidence"]
+        return box_from_keypoints(out["uv"], self.cfg["crop_margin"], valid=ok if ok.sum() >= 3 else None)
 
     # -- box sources -----------------------------------------------------------------------------
     def _roi_box(self, h: int, w: int) -> CropBox | None:
@@ -264,11 +286,14 @@ class RGBPipeline:
                 return []
 
         out = self._predict_box(rgb, box)
+        if source in self.cfg["refine"]:
+            fitted = self._fitted_box(out).clipped(w, h)
+            if fitted is not None:
+                box, out = fitted, self._predict_box(rgb, fitted)
         conf = out["conf"]
         mean_conf = float(conf.mean())
         if self.tracking and source != "roi" and mean_conf >= self.cfg["track_min_confidence"]:
-            ok = conf >= self.cfg["keypoint_min_confidence"]
-            self._track = box_from_keypoints(out["uv"], self.cfg["crop_margin"], valid=ok if ok.sum() >= 3 else None)
+            self._track = self._fitted_box(out)
             self._track_shape = (h, w)
         else:
             self.reset()

@@ -476,7 +476,10 @@ class CPMTask:
         return rgb_meta(self.model_name, self.model_config, self.codec, self.spec,
                         # flip_average: the data hold left and right hands, so a mirrored crop is
                         # just another hand (models.cpm.MirrorAveraged)
-                        pipeline={"crop_margin": r.augment.crop_margin, "flip_average": True},
+                        # refine: a second crop on the box the keypoints call for where the first
+                        # box is metric (depth) or coarse (search); see PIPELINE_DEFAULTS["refine"]
+                        pipeline={"crop_margin": r.augment.crop_margin, "flip_average": True,
+                                  "refine": ["depth", "search"]},
                         provenance={"recipe": self.recipe_name, "command": self.command, "data": asdict(r.data),
                                     "augment": asdict(r.augment), "sigma_px": r.sigma_px,
                                     "cpu_bf16": r.cpu_bf16, "channels_last": r.channels_last,
