@@ -82,7 +82,8 @@ PIPELINE_DEFAULTS: dict[str, Any] = {
     # more on those frames. Sources: "depth", "search", "track" ("roi" is the user's box, kept).
     # Packaged weights, held-out: ["depth", "search"] took full frames 0.735 -> 0.785 (depth box)
     # and 0.677 -> 0.713 (search), tracked sequences 0.783 -> 0.793 (their first frames); adding
-    # "track" tracked at 0.805 but doubled a tracked frame's cost (RGB node p50 12.7 -> 17.7 ms).
+    # "track" tracked at 0.805 but doubled a tracked frame's cost (RGB node p50 17.7 ms in one
+    # make bench run with it, 12.7 ms in the next run without it).
     "refine": [],
 }
 REFINE_SOURCES = ("depth", "search", "track")
