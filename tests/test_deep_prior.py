@@ -15,7 +15,14 @@ from handpose_core.keypoints import HAND21
 from handpose_core.models import create_model, list_models
 from handpose_core.models.deep_prior import fit_pca, load_pca
 from handpose_core.pipelines.depth import save_untrained
-from handpose_core.training.deep_prior_task import CropSet, DeepPriorTask, encode_big, recipe, recrop
+from handpose_core.training.deep_prior_task import (
+    CropSet,
+    DeepPriorTask,
+    encode_big,
+    recipe,
+    recrop,
+    sample_nearest,
+)
 
 DEEP_PRIOR_MODELS = [m for m in list_models() if m.startswith("deep_prior")]
 CAMERA = Intrinsics(475.0, 475.0, 319.5, 239.5)
@@ -238,6 +245,62 @@ def test_input_size_resamples_the_cache_to_the_codecs_crop_at_that_size():
         np.testing.assert_allclose(y64[i].numpy(), small.encode_joints(s.xyz_m, ref), atol=1e-4)
         out = x64[i, 0].numpy()
         assert ((out < 0.99) != (ref.image < 0.99)).mean() < 0.04  # silhouettes agree up to edge pixels
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float16])
+def test_sample_nearest_picks_grid_samples_pixels(dtype):
+    """recrop's gather is F.grid_sample(nearest, zeros outside -> background) without the grid."""
+    torch.manual_seed(0)
+    n, side, size = 8, 96, 64
+    images = (torch.rand(n, 1, side, side) * 2 - 1).to(dtype)
+    theta, r = torch.rand(n) * 6.3, torch.rand(n) * 0.8 + 0.3
+    rot = torch.stack([torch.stack([torch.cos(theta), -torch.sin(theta)], -1),
+                       torch.stack([torch.sin(theta), torch.cos(theta)], -1)], -2) * r[:, None, None]
+    affine = torch.cat([rot, (torch.rand(n, 2, 1) - 0.5)], dim=2)  # some crops reach past the edge
+    grid = torch.nn.functional.affine_grid(affine, [n, 1, size, size], align_corners=False)
+    ref = torch.nn.functional.grid_sample(images.float() - 1, grid, mode="nearest", padding_mode="zeros",
+                                          align_corners=False) + 1
+    out = sample_nearest(images, affine, size)
+    assert out.dtype == torch.float32 and out.shape == (n, 1, size, size)
+    assert (ref == 1).float().mean() > 0.05  # the test reaches outside the images
+    # the same pixel everywhere but where a coordinate rounds at an exact half (float rounding)
+    assert (out != ref).float().mean() < 1e-3
+
+
+def test_recrop_of_float16_crops_is_recrop_of_float32():
+    rng = np.random.default_rng(3)
+    crops = torch.from_numpy(rng.uniform(-1, 1, (4, 1, 64, 64)).astype(np.float16))
+    labels = torch.from_numpy(rng.uniform(-0.5, 0.5, (4, 21, 3)).astype(np.float32))
+    args = (torch.tensor(rng.uniform(-0.2, 0.2, (4, 3)), dtype=torch.float32), torch.tensor([0.3, -1.0, 2.0, 0.0]),
+            torch.tensor([0.9, 1.1, 1.0, 1.05]), torch.tensor([True, False, True, False]), 2.0, 32)
+    half, lab_half = recrop(crops, labels, *args)
+    full, lab_full = recrop(crops.float(), labels, *args)
+    assert half.dtype == torch.float32
+    torch.testing.assert_close(half, full)
+    torch.testing.assert_close(lab_half, lab_full)
+
+
+def test_stem_pool_first_pools_before_norm_and_trains():
+    model = create_model("deep_prior_res", num_joints=21, bottleneck=30, stem_pool_first=True)
+    kinds = [type(m).__name__ for m in list(model.features)[:4]]
+    assert kinds == ["Conv2d", "MaxPool2d", "BatchNorm2d", "ReLU"]
+    plain = create_model("deep_prior_res", num_joints=21, bottleneck=30)
+    assert [type(m).__name__ for m in list(plain.features)[:4]] == ["Conv2d", "BatchNorm2d", "ReLU", "MaxPool2d"]
+    out = model(torch.rand(2, 1, 128, 128) * 2 - 1)
+    assert out.shape == (2, 21, 3)
+    out.square().mean().backward()
+    assert all(p.grad is not None for p in model.parameters() if p.requires_grad)
+
+
+def test_train_deep_prior_rejects_a_bad_model_config_before_the_data(capsys, tmp_path):
+    from training.train_deep_prior import main
+
+    assert main(["--model-config", "[1]", "--out", str(tmp_path), "--cache-dir", str(tmp_path / "c")]) == 2
+    assert "must be a JSON object" in capsys.readouterr().err
+    assert main(["--model-config", '{"stem_pol_first": true}', "--out", str(tmp_path),
+                 "--cache-dir", str(tmp_path / "c")]) == 2
+    assert "stem_pol_first" in capsys.readouterr().err
+    assert not (tmp_path / "c").exists()  # nothing was rendered
 
 
 def test_flip_mirrors_image_and_labels():

@@ -13,6 +13,7 @@ carrying the held-out figures in its metadata.
 from __future__ import annotations
 
 import argparse
+import json
 import logging
 import shlex
 import shutil
@@ -26,6 +27,7 @@ import torch
 from handpose_core.checkpoint import load_checkpoint, save_checkpoint
 from handpose_core.codecs.depth_crop import DepthCropCodec
 from handpose_core.errors import HandPoseError
+from handpose_core.models import create_model
 from handpose_core.training.deep_prior_task import CropSet, DeepPriorRecipe, DeepPriorTask, recipe, synthetic_crops
 from handpose_core.training.harness import train
 
@@ -39,6 +41,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--n-train", type=int, default=40000, help="synthetic training frames to render (cached)")
     p.add_argument("--n-val", type=int, default=1000, help="held-out synthetic frames for periodic evaluation")
     p.add_argument("--data-seed", type=int, default=1, help="generator seed of the training frames")
+    p.add_argument("--model-config", metavar="JSON",
+                   help='network settings over the recipe\'s, e.g. \'{"fc": [1024, 1024], "bottleneck": 30}\' '
+                        "(the keyword arguments of handpose_core.models.deep_prior.DeepPrior; bottleneck sets the "
+                        "PCA's k)")
     p.add_argument("--steps", type=int, help="optimisation steps (default: the recipe's)")
     p.add_argument("--batch-size", type=int, help="batch size (default: the recipe's, 64)")
     p.add_argument("--lr", type=float, help="base learning rate (default: the recipe's)")
@@ -110,6 +116,21 @@ def main(argv: list[str] | None = None) -> int:
     cfg.eval_every = max(1000, cfg.steps // 10)
     if args.input_size is not None:
         rcp.input_size = args.input_size
+    if args.model_config:
+        try:
+            extra = json.loads(args.model_config)
+            if not isinstance(extra, dict):
+                raise ValueError("not a JSON object")
+        except ValueError as exc:
+            print(f"error: --model-config must be a JSON object, got {args.model_config!r} ({exc})", file=sys.stderr)
+            return 2
+        rcp.bottleneck = int(extra.pop("bottleneck", rcp.bottleneck))
+        rcp.model_config = {**rcp.model_config, **extra}
+        try:  # before the data: a typo should not wait for minutes of rendering
+            create_model(rcp.model, bottleneck=rcp.bottleneck, **rcp.model_config)
+        except (TypeError, ValueError, HandPoseError) as exc:
+            print(f"error: --model-config does not fit {rcp.model}: {exc}", file=sys.stderr)
+            return 2
     if args.align in ("auto", "none"):
         rcp.align = None if args.align == "none" else "auto"
     elif args.align:

@@ -26,8 +26,10 @@ Registered variants:
   stem and a 2x2 max-pool (128 -> 32 px), four stages of basic residual blocks with batch norm
   (16, 32, 64, 128 channels; stride 2 between stages, 32 -> 4 px), flatten (or global average
   pool), FC 512-512 with dropout, bottleneck k = 30, PCA layer. The default training recipe
-  (:func:`handpose_core.training.deep_prior_task.recipe`) drops the dropout, sets k = 40 and
-  fine-tunes the PCA layer.
+  (:func:`handpose_core.training.deep_prior_task.recipe`) drops the dropout, sets k = 40,
+  fine-tunes the PCA layer and sets ``stem_pool_first`` (the stem's max-pool before its BN and
+  ReLU rather than after: those then run on a quarter of the pixels; a training step at batch 64
+  on the 2-core development CPU ~12 % faster).
 """
 
 from __future__ import annotations
@@ -150,13 +152,17 @@ def _seed_features(input_size: int, channels: Sequence[int], kernel: int, pools:
 
 
 def _res_features(input_size: int, stem_channels: int, channels: Sequence[int], blocks: Sequence[int],
-                  stem_pool: bool) -> tuple[nn.Sequential, int, int]:
-    layers: list[nn.Module] = [
-        nn.Conv2d(1, stem_channels, 5, 2, 2, bias=False), nn.BatchNorm2d(stem_channels), nn.ReLU(inplace=True),
-    ]
+                  stem_pool: bool, stem_pool_first: bool = False) -> tuple[nn.Sequential, int, int]:
+    conv = nn.Conv2d(1, stem_channels, 5, 2, 2, bias=False)
+    norm_act = [nn.BatchNorm2d(stem_channels), nn.ReLU(inplace=True)]
     size = math.ceil(input_size / 2)
+    if stem_pool and stem_pool_first:
+        # pool the conv's output before BN and ReLU: they (and their backward passes) then run on a
+        # quarter of the stem's pixels, the largest activations of the network
+        layers: list[nn.Module] = [conv, nn.MaxPool2d(2), *norm_act]
+    else:
+        layers = [conv, *norm_act] + ([nn.MaxPool2d(2)] if stem_pool else [])
     if stem_pool:
-        layers.append(nn.MaxPool2d(2))
         size //= 2
     cin = stem_channels
     for i, (cout, n) in enumerate(zip(channels, blocks, strict=True)):
@@ -186,6 +192,7 @@ class DeepPrior(nn.Module):
     stem_channels, channels, blocks, stem_pool, pool: the residual backbone; ``pool`` = 'flatten'
                    keeps the 4x4 spatial layout for the FC head (positions matter for regression),
                    'avg' global-average-pools it.
+    stem_pool_first: the stem is conv -> max-pool -> BN -> ReLU (else conv -> BN -> ReLU -> max-pool).
     """
 
     def __init__(
@@ -205,6 +212,7 @@ class DeepPrior(nn.Module):
         channels: Sequence[int] = (16, 32, 64, 128),
         blocks: Sequence[int] = (1, 1, 1, 1),
         stem_pool: bool = True,
+        stem_pool_first: bool = False,
         pool: str = "flatten",
     ) -> None:
         super().__init__()
@@ -214,7 +222,8 @@ class DeepPrior(nn.Module):
         if backbone == "seed":
             self.features, feat_dim = _seed_features(input_size, seed_channels, seed_kernel, seed_pools, seed_slope)
         elif backbone == "res":
-            body, cout, size = _res_features(input_size, stem_channels, channels, blocks, stem_pool)
+            body, cout, size = _res_features(input_size, stem_channels, channels, blocks, stem_pool,
+                                             stem_pool_first)
             if pool == "flatten":
                 self.features, feat_dim = nn.Sequential(*body, nn.Flatten()), cout * size * size
             elif pool == "avg":

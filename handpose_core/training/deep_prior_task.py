@@ -126,7 +126,12 @@ def recipe(name: str) -> DeepPriorRecipe:
         # within 40 mm 37.4 -> 40.4 %; 24-min runs on 2,000 frames: 20.94 -> 19.82 mm. Tried and
         # not taken: batch 32 (25.7 mm in the 10-min test), Adam lr 2e-3 (25.7 mm), FC 1024-1024
         # (24 min: 19.74 mm, but 0.6 ms more per tracked frame: its FC weights leave the cache).
-        return DeepPriorRecipe(model_config={"dropout": 0.0, "finetune_pca": True},
+        # stem_pool_first: the stem pools before its BN and ReLU (models.deep_prior), with the cache's
+        # crops cut by one gather (sample_nearest): 10-min runs, 500 held-out frames: 2,976-3,307
+        # steps and 25.3-25.5 mm in earlier runs of nearly this recipe; 4,412 steps and 24.20 mm with
+        # the gather; 5,630 steps and 23.43 mm (within 40 mm 47.2 %) with both. 24 min: 8,593 ->
+        # 14,619 steps, 2,000 held-out frames 19.82 -> 18.16 mm.
+        return DeepPriorRecipe(model_config={"dropout": 0.0, "finetune_pca": True, "stem_pool_first": True},
                                bottleneck=40, align="auto", p_gt_centre=0.75,
                                train=TrainConfig(steps=30000, batch_size=64, optimizer="adam", lr=1e-3,
                                                  weight_decay=1e-4, lr_policy="cosine", warmup_steps=200,
@@ -149,7 +154,8 @@ def recrop(crops: torch.Tensor, labels: torch.Tensor | None, t: torch.Tensor, th
     """Cut crops out of (bigger) crops: the crop the codec would cut at a new centre.
 
     crops:  (N, 1, Sb, Sb) normalized depth (+1 = background) of cubes ``cube_ratio_big`` x the
-            model's cube (1.0: the same cube).
+            model's cube (1.0: the same cube); float16 (the cache's) or float32. Only the pixels
+            the new crops read are converted: the output is float32 for float16 input.
     labels: (N, J, 3) normalized uvd of those crops, or None.
     t:      (N, 3) the new centre in the input crops' normalized uvd (0 = their centre).
     theta:  (N,) in-plane rotation, rad (the codec's ``rotation_deg`` sense). scale: (N,) new cube
@@ -161,18 +167,14 @@ def recrop(crops: torch.Tensor, labels: torch.Tensor | None, t: torch.Tensor, th
     of the new crop is at ``r R^T F n + t`` in the input crop; depths become
     ``(d - t_d) * cube_in / cube``; a label x moves to ``F R (x - t) / r``.
     """
-    dtype = crops.dtype
+    dtype = torch.float32 if crops.dtype == torch.float16 else crops.dtype
     ratio = scale / cube_ratio_big  # cube / cube_in
     r = ratio if z_ratio is None else ratio / z_ratio
     c, s = torch.cos(theta), torch.sin(theta)
     f = torch.where(flip, -torch.ones_like(c), torch.ones_like(c))
     # R = [[c, s], [-s, c]] (codec.warp_for); R^T F = [[c f, -s], [s f, c]]
     a = torch.stack([torch.stack([c * f, -s], -1), torch.stack([s * f, c], -1)], -2) * r[:, None, None]
-    affine = torch.cat([a, t[:, :2, None]], dim=2).to(dtype)
-    grid = F.affine_grid(affine, [len(crops), 1, size, size], align_corners=False)
-    # Sample (crop - 1) so the zero padding outside reads as background (+1); nearest keeps
-    # silhouettes sharp, as the codec's own warp does.
-    sampled = F.grid_sample(crops - 1.0, grid, mode="nearest", padding_mode="zeros", align_corners=False) + 1.0
+    sampled = sample_nearest(crops, torch.cat([a, t[:, :2, None]], dim=2).to(dtype), size)
     background = sampled >= 0.9999
     depth = (sampled - t[:, 2, None, None, None].to(dtype)) / ratio[:, None, None, None].to(dtype)
     depth = torch.where(background | (depth > 1.0), torch.ones_like(depth), depth.clamp(min=-1.0))
@@ -183,6 +185,33 @@ def recrop(crops: torch.Tensor, labels: torch.Tensor | None, t: torch.Tensor, th
     v = (-s[:, None] * rel[..., 0] + c[:, None] * rel[..., 1]) / r[:, None]
     d = (labels[..., 2] - t[:, None, 2]) / ratio[:, None]
     return depth, torch.stack([u * f[:, None], v, d], dim=-1)
+
+
+def sample_nearest(images: torch.Tensor, affine: torch.Tensor, size: int) -> torch.Tensor:
+    """``F.grid_sample(images - 1, F.affine_grid(affine, ...), "nearest", align_corners=False) + 1``,
+    computed as one gather.
+
+    images: (N, 1, H, W) float16 or float32; affine: (N, 2, 3) float32, output normalized
+    coordinates -> input normalized coordinates (``F.affine_grid``'s convention). Returns
+    (N, 1, size, size) in affine's dtype, +1 (background) where a pixel falls outside the input.
+    Why not grid_sample: on a CPU, building the (N, size, size, 2) grid and converting the whole
+    float16 batch to float32 first cost 23 of the 47 ms of a training batch (64 x 256 px -> 128 px);
+    here only the size x size picked pixels are converted. Nearest keeps silhouettes sharp, as the
+    codec's own warp does; the pick is grid_sample's (round half to even, ``torch.round``).
+    """
+    n, _, h, w = images.shape
+    dtype = affine.dtype
+    centres = (2.0 * torch.arange(size, dtype=dtype) + 1.0) / size - 1.0  # output pixel centres
+    xs, ys = centres[None, None, :], centres[None, :, None]
+    # input pixel = ((g + 1) * side - 1) / 2 of normalized g, folded into the affine map
+    px = affine * torch.tensor([w / 2.0, h / 2.0], dtype=dtype)[None, :, None]
+    px[:, :, 2] += torch.tensor([(w - 1) / 2.0, (h - 1) / 2.0], dtype=dtype)
+    ix = torch.round(px[:, 0, 0, None, None] * xs + (px[:, 0, 1, None, None] * ys + px[:, 0, 2, None, None]))
+    iy = torch.round(px[:, 1, 0, None, None] * xs + (px[:, 1, 1, None, None] * ys + px[:, 1, 2, None, None]))
+    inside = (ix >= 0) & (ix <= w - 1) & (iy >= 0) & (iy <= h - 1)
+    flat = (iy.clamp(0, h - 1) * w + ix.clamp(0, w - 1)).long().view(n, -1)
+    picked = torch.gather(images.reshape(n, h * w), 1, flat).view(n, 1, size, size).to(dtype)
+    return torch.where(inside[:, None], picked, torch.ones((), dtype=dtype))
 
 
 # -- data ----------------------------------------------------------------------------------------
@@ -384,8 +413,8 @@ class DeepPriorTask:
             crops = torch.ones(n, 1, 2, 2)
             size = 2
         else:
-            # torch's float16 -> float32 conversion is vectorised, numpy's is not (9 -> 3 ms a batch)
-            crops = torch.from_numpy(np.asarray(self.data.crops[idx])).float()[:, None]
+            # float16 as cached: recrop converts only the pixels it picks
+            crops = torch.from_numpy(np.asarray(self.data.crops[idx]))[:, None]
             size = self.codec.size
         return recrop(crops, labels, tt[0], tt[1], tt[2], flip_t, big, size, z_ratio=tt[3])
 
