@@ -194,9 +194,10 @@ def sample_nearest(images: torch.Tensor, affine: torch.Tensor, size: int) -> tor
     images: (N, 1, H, W) float16 or float32; affine: (N, 2, 3) float32, output normalized
     coordinates -> input normalized coordinates (``F.affine_grid``'s convention). Returns
     (N, 1, size, size) in affine's dtype, +1 (background) where a pixel falls outside the input.
-    Why not grid_sample: on a CPU, building the (N, size, size, 2) grid and converting the whole
-    float16 batch to float32 first cost 23 of the 47 ms of a training batch (64 x 256 px -> 128 px);
-    here only the size x size picked pixels are converted. Nearest keeps silhouettes sharp, as the
+    Why not grid_sample: on a CPU it needs the whole float16 batch converted to float32 and an
+    (N, size, size, 2) grid built first; here only the size x size picked pixels are converted. A
+    training batch (64 crops of 256 px -> 128 px) took 27 ms to draw with grid_sample, 10-13 ms
+    with this, on the 2-core development CPU. Nearest keeps silhouettes sharp, as the
     codec's own warp does; the pick is grid_sample's (round half to even, ``torch.round``).
     """
     n, _, h, w = images.shape
