@@ -31,6 +31,7 @@ import importlib
 import math
 import signal
 import sys
+import threading
 import time
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
@@ -894,7 +895,20 @@ def main(argv: Sequence[str] | None = None) -> int:
     signal.signal(signal.SIGTERM, _raise_keyboard_interrupt)
     try:
         if args.command == "record":
-            result = record(args.out, args.topics or (), args.duration, all_topics=args.all, storage=args.storage)
+            stop_requested = threading.Event()
+
+            def _stop_recording(signum, frame):
+                # A flag the record loop reads between two spins: an exception raised inside the
+                # executor's spin could leave it waiting on its callback at shutdown (a recorder
+                # once hung there after Ctrl-C). A second signal still interrupts at once.
+                if stop_requested.is_set():
+                    raise KeyboardInterrupt
+                stop_requested.set()
+
+            signal.signal(signal.SIGINT, _stop_recording)
+            signal.signal(signal.SIGTERM, _stop_recording)
+            result = record(args.out, args.topics or (), args.duration, all_topics=args.all, storage=args.storage,
+                            stop=stop_requested.is_set)
             for topic, n in sorted(result.counts.items()):
                 print(f"{topic}: {n} messages", file=sys.stderr)
             for topic in result.missing:
