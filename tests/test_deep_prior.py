@@ -297,6 +297,9 @@ def test_train_deep_prior_rejects_a_bad_model_config_before_the_data(capsys, tmp
 
     assert main(["--model-config", "[1]", "--out", str(tmp_path), "--cache-dir", str(tmp_path / "c")]) == 2
     assert "must be a JSON object" in capsys.readouterr().err
+    assert main(["--model-config", '{"bottleneck": "k"}', "--out", str(tmp_path),
+                 "--cache-dir", str(tmp_path / "c")]) == 2
+    assert "must be a JSON object" in capsys.readouterr().err
     assert main(["--model-config", '{"stem_pol_first": true}', "--out", str(tmp_path),
                  "--cache-dir", str(tmp_path / "c")]) == 2
     assert "stem_pol_first" in capsys.readouterr().err

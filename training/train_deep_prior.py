@@ -121,10 +121,11 @@ def main(argv: list[str] | None = None) -> int:
             extra = json.loads(args.model_config)
             if not isinstance(extra, dict):
                 raise ValueError("not a JSON object")
-        except ValueError as exc:
+            bottleneck = int(extra.pop("bottleneck", rcp.bottleneck))
+        except (ValueError, TypeError) as exc:
             print(f"error: --model-config must be a JSON object, got {args.model_config!r} ({exc})", file=sys.stderr)
             return 2
-        rcp.bottleneck = int(extra.pop("bottleneck", rcp.bottleneck))
+        rcp.bottleneck = bottleneck
         rcp.model_config = {**rcp.model_config, **extra}
         try:  # before the data: a typo should not wait for minutes of rendering
             create_model(rcp.model, bottleneck=rcp.bottleneck, **rcp.model_config)
