@@ -18,7 +18,7 @@ from handpose_core.codecs.belief_maps import (
 from handpose_core.training.metrics_2d import bbox_size, evaluate_2d, pck_curve, plot_pck
 
 
-@pytest.mark.parametrize("size,sigma", [(128, 6.0), (128, 4.0), (368, 7.0), (64, 4.0), (160, 8.0)])
+@pytest.mark.parametrize("size,sigma", [(128, 6.0), (128, 4.0), (368, 7.0), (64, 4.0), (160, 8.0), (96, 8.0)])
 def test_round_trip_within_one_pixel(size, sigma):
     codec = BeliefMapCodec(input_size=size, stride=8, sigma_px=sigma)
     rng = np.random.default_rng(size)
@@ -41,6 +41,19 @@ def test_encode_background_and_invalid_keypoints():
     assert np.all(maps[1] == 0) and np.all(maps[2] == 0)  # NaN and not-valid -> empty maps
     np.testing.assert_allclose(maps[3], 1.0 - maps[:3].max(axis=0))
     assert maps[3].min() < 0.2 and maps[3].max() == pytest.approx(1.0, abs=1e-3)
+
+
+def test_encode_batch_equals_one_at_a_time():
+    codec = BeliefMapCodec(64, 8, 4.0)
+    rng = np.random.default_rng(3)
+    uv = rng.uniform(-10, 74, (5, 21, 2))
+    uv[1, 4] = np.nan
+    valid = rng.random((5, 21)) > 0.2
+    maps = codec.encode(uv, valid)
+    assert maps.shape == (5, 22, 8, 8) and maps.dtype == np.float32
+    for b in range(5):
+        np.testing.assert_array_equal(maps[b], codec.encode(uv[b], valid[b]))
+    assert np.all(maps[1, 4] == 0)
 
 
 def test_cell_centre_convention_matches_peak():

@@ -323,6 +323,26 @@ def test_training_task_batches_loss_and_determinism(tmp_path):
     assert float(w_loss.detach()) > float(loss.detach())
 
 
+def test_colour_jitter_draws_per_crop_and_stays_in_range():
+    from handpose_core.training.cpm_task import AugmentConfig, colour_jitter
+
+    crops = np.random.default_rng(0).integers(0, 256, (1, 32, 32, 3), np.uint8).repeat(8, axis=0)
+    out = colour_jitter(crops, np.random.default_rng(1), AugmentConfig())
+    assert out.shape == crops.shape and out.dtype == np.float32
+    assert out.min() >= 0.0 and out.max() <= 255.0
+    means = out.mean(axis=(1, 2, 3))
+    assert np.ptp(means) > 5.0  # eight copies of one crop, eight different brightnesses
+    again = colour_jitter(crops, np.random.default_rng(1), AugmentConfig())
+    np.testing.assert_array_equal(out, again)
+    # no jitter at all: the crops come back unchanged (as float)
+    still = AugmentConfig(brightness=0.0, contrast=0.0, gain=0.0, saturation=0.0, noise_std=0.0, blur_prob=0.0,
+                          grey_prob=0.0)
+    np.testing.assert_allclose(colour_jitter(crops, np.random.default_rng(2), still), crops, atol=1e-3)
+    # greyscale always: every pixel's channels equal
+    grey = colour_jitter(crops, np.random.default_rng(3), dataclasses.replace(still, grey_prob=1.0))
+    np.testing.assert_allclose(grey[..., 0], grey[..., 2], atol=1e-3)
+
+
 def test_tiny_training_run_writes_loadable_checkpoint(tmp_path):
     from training.train_cpm import main
 

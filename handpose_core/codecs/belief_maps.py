@@ -116,7 +116,7 @@ class InputSpec:
                 "offset": float(self.offset), "border_value": float(self.border_value)}
 
     def normalize(self, crops_rgb: np.ndarray) -> np.ndarray:
-        """(..., S, S, 3) uint8 RGB -> (..., 3, S, S) float32 network input."""
+        """(..., S, S, 3) RGB, uint8 or float in [0, 255] -> (..., 3, S, S) float32 network input."""
         x = np.asarray(crops_rgb)
         if self.channel_order == "bgr":
             x = x[..., ::-1]
@@ -158,25 +158,29 @@ class BeliefMapCodec:
         return self.stride * np.arange(self.map_size, dtype=np.float64) + (self.stride - 1) / 2.0
 
     def encode(self, uv_px: np.ndarray, valid: np.ndarray | None = None) -> np.ndarray:
-        """(K, 2) crop pixels -> (K + 1, m, m) float32 targets, m = input_size / stride.
+        """(..., K, 2) crop pixels -> (..., K + 1, m, m) float32 targets, m = input_size / stride.
 
         Channel k is exp(-d^2 / 2 sigma^2) around keypoint k; the last channel is the background,
-        1 - max over the keypoint maps. Keypoints that are NaN or not ``valid`` get an all-zero map.
-        Keypoints outside the crop still contribute their tails inside it.
+        1 - max over the keypoint maps. Keypoints that are NaN or not ``valid`` (..., K) get an
+        all-zero map. Keypoints outside the crop still contribute their tails inside it. Leading
+        dimensions are a batch (training encodes a whole batch in one call).
         """
-        uv = np.asarray(uv_px, dtype=np.float64).reshape(-1, 2)
-        k = len(uv)
-        ok = np.all(np.isfinite(uv), axis=1)
+        uv = np.asarray(uv_px, dtype=np.float64)
+        if uv.ndim < 2 or uv.shape[-1] != 2:
+            uv = uv.reshape(-1, 2)
+        ok = np.all(np.isfinite(uv), axis=-1)
         if valid is not None:
-            ok &= np.asarray(valid, dtype=bool).reshape(-1)
+            ok &= np.asarray(valid, dtype=bool).reshape(ok.shape)
+        k = uv.shape[-2]
         c = self.cell_centres()
         # separable Gaussian: outer product of the x and y profiles
-        gx = np.exp(-((c[None, :] - np.where(ok, uv[:, 0], 0.0)[:, None]) ** 2) / (2 * self.sigma_px**2))
-        gy = np.exp(-((c[None, :] - np.where(ok, uv[:, 1], 0.0)[:, None]) ** 2) / (2 * self.sigma_px**2))
-        maps = np.zeros((k + 1, self.map_size, self.map_size), dtype=np.float32)
-        maps[:k] = gy[:, :, None] * gx[:, None, :]
-        maps[:k][~ok] = 0.0
-        maps[k] = 1.0 - maps[:k].max(axis=0) if k else 1.0
+        gx = np.exp(-((c - np.where(ok, uv[..., 0], 0.0)[..., None]) ** 2) / (2 * self.sigma_px**2))
+        gy = np.exp(-((c - np.where(ok, uv[..., 1], 0.0)[..., None]) ** 2) / (2 * self.sigma_px**2))
+        maps = np.zeros((*uv.shape[:-2], k + 1, self.map_size, self.map_size), dtype=np.float32)
+        keypoint_maps = gy[..., :, None] * gx[..., None, :]
+        keypoint_maps[~ok] = 0.0
+        maps[..., :k, :, :] = keypoint_maps
+        maps[..., k, :, :] = 1.0 - maps[..., :k, :, :].max(axis=-3) if k else 1.0
         return maps
 
     def upsample(self, maps: np.ndarray) -> np.ndarray:

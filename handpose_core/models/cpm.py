@@ -200,7 +200,7 @@ class MirrorAveraged(nn.Module):
     hands alike (ours: the synthetic generator and the CMU labels hold both; not OpenPose's, which
     is fed right hands), so a mirrored hand needs no keypoint swap. Exact for widths that are
     multiples of the stride: map column j of the mirror image is column w - 1 - j of the maps.
-    Packaged light CPM, 1,000 held-out crops: PCK@0.2 0.819 -> 0.829, EPE 12.5 -> 12.1 px. The RGB
+    The 2026-12-01 light CPM weights, 1,000 held-out crops: PCK@0.2 0.819 -> 0.829, EPE 12.5 -> 12.1 px. The RGB
     pipeline wraps its model in it (``pipeline.flip_average``), evaluate_cpm too.
     """
 

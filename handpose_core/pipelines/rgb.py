@@ -73,14 +73,14 @@ PIPELINE_DEFAULTS: dict[str, Any] = {
     "depth_window": 3,  # half-width of the depth lookup window, pixels
     # average every network call with the mirror image's (models.cpm.MirrorAveraged): our trained
     # CPMs set it, they saw both hands; off for others (OpenPose's network expects right hands).
-    # Packaged weights: crops PCK@0.2 0.819 -> 0.829, tracked sequences 0.773 -> 0.783. Mirroring
+    # The 2026-12-01 weights: crops PCK@0.2 0.819 -> 0.829, tracked sequences 0.773 -> 0.783. Mirroring
     # only the crop pass (the search frame 139 -> 94 ms) tracked worse, 0.757: keep both.
     "flip_average": False,
     # box sources whose crop is run a second time on the box its keypoints call for (crop_margin x
     # their extent, as the tracker cuts): the depth box is metric and the search's box comes from
     # coarse maps, so neither is fitted to the hand the way training boxes are. One network call
     # more on those frames. Sources: "depth", "search", "track" ("roi" is the user's box, kept).
-    # Packaged weights, held-out: ["depth", "search"] took full frames 0.735 -> 0.785 (depth box)
+    # 2026-12-01 weights, held-out: ["depth", "search"] took full frames 0.735 -> 0.785 (depth box)
     # and 0.677 -> 0.713 (search), tracked sequences 0.783 -> 0.793 (their first frames); adding
     # "track" tracked at 0.805 but doubled a tracked frame's cost (RGB node p50 17.7 ms in one
     # make bench run with it, 12.7 ms in the next run without it).
