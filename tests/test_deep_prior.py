@@ -375,6 +375,40 @@ def test_flip_average_runs_the_final_pass_on_the_crop_and_its_mirror(tmp_path):
         assert not DeepPriorTask(rcp, crops, labels, pca_samples=4).checkpoint_meta()["inference"]["flip_average"]
 
 
+def test_rotation_average_means_the_joints_of_the_turned_crops(tmp_path):
+    """``inference.rotation_average``: the mirror-averaged final pass also runs its crop turned by each
+    angle and averages the joints in the camera frame; without mirroring it is the crop alone."""
+    path = save_untrained(tmp_path / "dp.pt")
+    blob = load_checkpoint(path)
+    torch.manual_seed(0)
+    with torch.no_grad():  # give the bottleneck weight, so that turned crops predict differently
+        blob["state_dict"]["bottleneck.weight"].normal_(0.0, 0.5)
+    blob["meta"]["inference"] = {"passes": 2, "flip_average": True, "rotation_average": [-15, 15]}
+    save_checkpoint(tmp_path / "rot.pt", blob["model"]["name"], blob["model"]["config"], blob["state_dict"],
+                    blob["meta"])
+    pipeline = HandPoseEstimator.from_checkpoint(tmp_path / "rot.pt", device="cpu", backend="torch")._pipeline
+    assert pipeline.rotation_average == (-15.0, 15.0)
+    sample = SyntheticHands(SynthConfig(render_rgb=False), seed=3)[0]
+    depth_mm = depth_to_mm(sample.depth_mm)
+    crop = pipeline.codec.encode_mm(depth_mm, sample.intrinsics, rotation_deg=20.0)
+    turned = [pipeline.codec.encode_mm(depth_mm, sample.intrinsics, com_xyz_mm=crop.com_xyz_mm, rotation_deg=a)
+              for a in (20.0, 5.0, 35.0)]
+    xyz_m = np.mean([pipeline.codec.decode_joints(pipeline._run(c, mirror=True), c) for c in turned], axis=0)
+    expected = pipeline.codec.encode_joints(xyz_m, crop)
+    got = pipeline._final(depth_mm, sample.intrinsics, crop, 20.0, mirror=True)
+    assert np.abs(expected - pipeline._run(crop, mirror=True)).max() > 1e-3  # the turned crops count
+    np.testing.assert_allclose(got, expected, atol=1e-4)
+    np.testing.assert_allclose(pipeline._final(depth_mm, sample.intrinsics, crop, 20.0, mirror=False),
+                               pipeline._run(crop), atol=1e-6)
+    # the default recipe writes it (it turns its training crops); the seed recipe, unaugmented, does not
+    crops = np.ones((4, 128, 128), np.float16)
+    labels = np.zeros((4, 63), np.float32)
+    meta = DeepPriorTask(recipe("default"), crops, labels, pca_samples=4).checkpoint_meta()["inference"]
+    assert meta["rotation_average"] == [-15.0, 15.0]
+    assert DeepPriorTask(recipe("seed"), crops, labels, pca_samples=4).checkpoint_meta()["inference"][
+        "rotation_average"] == []
+
+
 def test_default_recipe_trains_its_pca_layer_and_says_so():
     """The default recipe fine-tunes the PCA layer (k = 40, no dropout); the seed recipe's stays
     frozen, as in the notebook. The checkpoint's ``meta.pca.finetuned`` says which."""
@@ -431,7 +465,8 @@ def test_aligned_joint_centred_crops_point_the_pair_up():
     assert (np.abs(angle - 90.0) < 45).mean() > 0.08  # searched-centre crops still point anywhere
     with pytest.raises(HandPoseError, match="align"):
         DeepPriorTask(replace(rcp, align=("wrist", "elbow")), np.stack(crops), np.stack(labels), codec)
-    assert task.checkpoint_meta()["inference"] == {"passes": 3, "flip_average": True, "align": [w, m]}
+    assert task.checkpoint_meta()["inference"] == {"passes": 3, "flip_average": True, "align": [w, m],
+                                                   "rotation_average": [-15.0, 15.0]}
     # "auto" takes the layout's hand axis; a layout without one (or a single pass) trains unaligned
     auto = DeepPriorTask(replace(rcp, align="auto"), np.stack(crops), np.stack(labels), codec)
     assert auto.align_idx == (w, m) == HAND21.axis

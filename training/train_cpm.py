@@ -2,7 +2,7 @@
 
 Examples::
 
-    # the CPU default: cpm_light on 16k synthetic frames, 38 min of training on 2 cores
+    # the CPU default: cpm_light on 16k synthetic frames, 40 min of training on 2 cores
     python -m training.train_cpm --recipe cpm_light --export handpose_core/weights/cpm_light_synth.pt
 
     # the full OpenPose layout (a GPU job); one CPU step to check it trains

@@ -17,6 +17,10 @@ joint order, so nothing is swapped. The earlier passes only place the next crop 
 mirroring them too gained 0.06 mm. The 2026-12-01 packaged weights, 2,000 held-out frames:
 21.55 -> 20.94 mm; 20 x 60 tracked frames: 16.66 -> 15.59 mm (the 2026-12-02 weights: 15.43 -> 14.67 mm); the
 batch of 2 costs ~0.55 ms over one crop (1.0 -> 1.55 ms in onnxruntime on the 2-core development CPU).
+With ``meta['inference']['rotation_average']`` (angles, deg) that final pass also cuts its crop
+turned by each angle, mirror-averages every crop in the same batch and averages the joints in the
+camera frame (``DeepPriorRecipe.rotation_average``; +-15 deg on 500 held-out frames, 2026-12-06
+packaged weights: 19.73 -> 19.33 mm).
 
 Tracking (a stream of frames, as in the ROS node): a model with 2 or more passes was trained on
 crops centred on the joints, so the previous frame's final joints serve as the first pass of the
@@ -99,6 +103,7 @@ class DepthPipeline:
         self.layout = layout_for(self.joint_names)
         self.passes = max(1, int(meta.get("inference", {}).get("passes", 1)))
         self.flip_average = bool(meta.get("inference", {}).get("flip_average", False))
+        self.rotation_average = tuple(float(a) for a in meta.get("inference", {}).get("rotation_average", ()))
         align = meta.get("inference", {}).get("align")
         self.align = None if align is None else (int(align[0]), int(align[1]))
         if self.align is not None and not all(0 <= i < len(self.joint_names) for i in self.align):
@@ -135,6 +140,27 @@ class DepthPipeline:
             return uvd[0]
         uvd[1, :, 0] *= -1.0
         return uvd.mean(axis=0)
+
+    def _final(self, depth_mm: np.ndarray, intrinsics: Intrinsics, crop, rotation_deg: float,
+               mirror: bool) -> np.ndarray:
+        """The final pass on ``crop`` (turned by ``rotation_deg``) -> (J, 3) normalized uvd in it. With
+        ``mirror`` and ``rotation_average`` offsets, the crop is also cut turned by each offset and
+        every crop is mirror-averaged, all in one batch; the joints are averaged in the camera frame
+        and encoded back into ``crop``."""
+        if not (mirror and self.rotation_average):
+            return self._run(crop, mirror=mirror)
+        crops = [crop] + [self.codec.encode_mm(depth_mm, intrinsics, com_xyz_mm=crop.com_xyz_mm,
+                                               rotation_deg=rotation_deg + offset)
+                          for offset in self.rotation_average]
+        x = torch.from_numpy(np.stack([c.image for c in crops]))[:, None]
+        x = torch.cat([x, x.flip(-1)])
+        with torch.inference_mode():
+            uvd = self.model(x.to(device=self.device, dtype=self.dtype)).float().cpu().numpy()
+        n = len(crops)
+        uvd[n:, :, 0] *= -1.0
+        uvd = (uvd[:n] + uvd[n:]) / 2.0
+        xyz_m = np.mean([self.codec.decode_joints(u, c) for u, c in zip(uvd, crops, strict=True)], axis=0)
+        return self.codec.encode_joints(xyz_m, crop)
 
     def predict(self, image: np.ndarray, intrinsics: Intrinsics | None, depth: np.ndarray | None = None
                 ) -> list[HandPose]:
@@ -197,17 +223,22 @@ class DepthPipeline:
             rotation_deg = float(np.degrees(np.arctan2(dv, du))) + 90.0  # the pair up, as in training
         return centre_mm, rotation_deg
 
-    def _passes(self, depth_mm: np.ndarray, intrinsics: Intrinsics, crop, passes: int, mirror_last: bool):
-        """``passes`` network passes, the first on ``crop``, each later one on the crop that follows the
-        previous one -> (uvd, crop, xyz m); ``mirror_last``: the last of them mirror-averaged."""
-        uvd = self._run(crop, mirror=mirror_last and passes == 1)
+    def _passes(self, depth_mm: np.ndarray, intrinsics: Intrinsics, crop, passes: int, mirror_last: bool,
+                rotation_deg: float = 0.0):
+        """``passes`` network passes, the first on ``crop`` (turned by ``rotation_deg``), each later one on
+        the crop that follows the previous one -> (uvd, crop, xyz m); ``mirror_last``: the last of them
+        mirror-averaged (see :meth:`_final`)."""
+        uvd = self._final(depth_mm, intrinsics, crop, rotation_deg, mirror_last) if passes == 1 else self._run(crop)
         xyz_m = self.codec.decode_joints(uvd, crop)
         for k in range(1, passes):
             follow = self._next_crop(self.codec.decode_uv(uvd, crop), xyz_m)
             if follow is None:
                 break
             crop = self.codec.encode_mm(depth_mm, intrinsics, com_xyz_mm=follow[0], rotation_deg=follow[1])
-            uvd = self._run(crop, mirror=mirror_last and k == passes - 1)
+            if k == passes - 1:
+                uvd = self._final(depth_mm, intrinsics, crop, follow[1], mirror_last)
+            else:
+                uvd = self._run(crop)
             xyz_m = self.codec.decode_joints(uvd, crop)
         return uvd, crop, xyz_m
 
@@ -223,7 +254,7 @@ class DepthPipeline:
             self.reset()  # the hand left the tracked cube
             return None
         return self._passes(depth_mm, intrinsics, crop, int(self.track_cfg["passes"]),
-                            self.flip_average and bool(self.track_cfg["flip_average"]))
+                            self.flip_average and bool(self.track_cfg["flip_average"]), rotation_deg)
 
     def debug_image(self, image: np.ndarray, poses: list[HandPose], scale: int = 3) -> np.ndarray:
         """(S*scale, S*scale, 3) uint8 RGB: the first hand's normalized crop with its skeleton.

@@ -99,6 +99,12 @@ class DeepPriorRecipe:
     # frame runs TRACK_DEFAULTS["passes"]); flip_average ~0.55 ms, on the final pass only.
     passes: int = 3
     flip_average: bool = True
+    # the final mirror-averaged pass also runs its crop turned by these angles (deg) and averages the
+    # joints in the camera frame (DepthPipeline._final); written only where training turned crops
+    # (augment). 2026-12-06 packaged weights, 500 held-out frames, one run: none 19.73 mm, +-10
+    # 19.42, +-15 19.33, +-20 19.45, +-30 19.90, +-15/30 19.56, +-90/180 27.13 (the aligned pass
+    # trains on crops within ~15 deg of hand-up: align_jitter_deg). Searched frames only.
+    rotation_average: tuple[float, ...] = (-15.0, 15.0)
     align: tuple[str, str] | str | None = None
     align_jitter_deg: float = 15.0
     # on a CPU with native bfloat16 (harness.use_cpu_bf16), run the conv features in bfloat16
@@ -463,6 +469,8 @@ class DeepPriorTask:
             "inference": {"passes": int(self.recipe.passes),
                           "flip_average": bool(self.recipe.flip_average and self.recipe.augment
                                                and self.recipe.flip_prob > 0),
+                          "rotation_average": [float(a) for a in self.recipe.rotation_average]
+                          if self.recipe.augment else [],
                           **({"align": list(self.align_idx)} if self.align_idx is not None else {})},
             # residual_mm is the fitted PCA's; with finetune_pca training moves the layer on from it
             "pca": {"k": self.recipe.bottleneck, "fitted_on": int(self.pca_fitted_on),
