@@ -400,6 +400,12 @@ def test_rotation_average_means_the_joints_of_the_turned_crops(tmp_path):
     np.testing.assert_allclose(got, expected, atol=1e-4)
     np.testing.assert_allclose(pipeline._final(depth_mm, sample.intrinsics, crop, 20.0, mirror=False),
                                pipeline._run(crop), atol=1e-6)
+    for bad in ("abc", ["x"], [float("nan")], 15):  # a clear error at load, not at the first frame
+        blob["meta"]["inference"]["rotation_average"] = bad
+        save_checkpoint(tmp_path / "bad.pt", blob["model"]["name"], blob["model"]["config"], blob["state_dict"],
+                        blob["meta"])
+        with pytest.raises(HandPoseError, match="rotation_average"):
+            HandPoseEstimator.from_checkpoint(tmp_path / "bad.pt", device="cpu", backend="torch")
     # the default recipe writes it (it turns its training crops); the seed recipe, unaugmented, does not
     crops = np.ones((4, 128, 128), np.float16)
     labels = np.zeros((4, 63), np.float32)

@@ -19,8 +19,8 @@ mirroring them too gained 0.06 mm. The 2026-12-01 packaged weights, 2,000 held-o
 batch of 2 costs ~0.55 ms over one crop (1.0 -> 1.55 ms in onnxruntime on the 2-core development CPU).
 With ``meta['inference']['rotation_average']`` (angles, deg) that final pass also cuts its crop
 turned by each angle, mirror-averages every crop in the same batch and averages the joints in the
-camera frame (``DeepPriorRecipe.rotation_average``; +-15 deg on 500 held-out frames, 2026-12-06
-packaged weights: 19.73 -> 19.33 mm).
+camera frame (``DeepPriorRecipe.rotation_average``; +-15 deg, 2026-12-06 packaged weights: 2,000
+held-out frames 18.16 -> 17.83 mm). It needs ``flip_average``: without it the final pass is the crop alone.
 
 Tracking (a stream of frames, as in the ROS node): a model with 2 or more passes was trained on
 crops centred on the joints, so the previous frame's final joints serve as the first pass of the
@@ -103,7 +103,14 @@ class DepthPipeline:
         self.layout = layout_for(self.joint_names)
         self.passes = max(1, int(meta.get("inference", {}).get("passes", 1)))
         self.flip_average = bool(meta.get("inference", {}).get("flip_average", False))
-        self.rotation_average = tuple(float(a) for a in meta.get("inference", {}).get("rotation_average", ()))
+        angles = meta.get("inference", {}).get("rotation_average", [])
+        try:
+            self.rotation_average = tuple(float(a) for a in angles)
+        except (TypeError, ValueError):
+            raise HandPoseError(f"checkpoint inference.rotation_average must be a list of angles in degrees, "
+                                f"got {angles!r}") from None
+        if not all(np.isfinite(self.rotation_average)):
+            raise HandPoseError(f"checkpoint inference.rotation_average must be finite angles, got {angles!r}")
         align = meta.get("inference", {}).get("align")
         self.align = None if align is None else (int(align[0]), int(align[1]))
         if self.align is not None and not all(0 <= i < len(self.joint_names) for i in self.align):
