@@ -101,9 +101,10 @@ class DepthPipeline:
             raise HandPoseError(f"checkpoint codec settings are not valid: {exc}") from exc
         self.joint_names = tuple(meta["joint_names"])
         self.layout = layout_for(self.joint_names)
-        self.passes = max(1, int(meta.get("inference", {}).get("passes", 1)))
-        self.flip_average = bool(meta.get("inference", {}).get("flip_average", False))
-        angles = meta.get("inference", {}).get("rotation_average", [])
+        inference = meta.get("inference", {})
+        self.passes = max(1, int(inference.get("passes", 1)))
+        self.flip_average = bool(inference.get("flip_average", False))
+        angles = inference.get("rotation_average", [])
         try:
             self.rotation_average = tuple(float(a) for a in angles)
         except (TypeError, ValueError):
@@ -111,12 +112,12 @@ class DepthPipeline:
                                 f"got {angles!r}") from None
         if not all(np.isfinite(self.rotation_average)):
             raise HandPoseError(f"checkpoint inference.rotation_average must be finite angles, got {angles!r}")
-        align = meta.get("inference", {}).get("align")
+        align = inference.get("align")
         self.align = None if align is None else (int(align[0]), int(align[1]))
         if self.align is not None and not all(0 <= i < len(self.joint_names) for i in self.align):
             raise HandPoseError(
                 f"checkpoint inference.align {align} is not a pair of the {len(self.joint_names)} joints")
-        track_cfg = meta.get("inference", {}).get("track", {})
+        track_cfg = inference.get("track", {})
         unknown = set(track_cfg) - set(TRACK_DEFAULTS) if isinstance(track_cfg, dict) else {"(not a dict)"}
         if unknown:
             raise HandPoseError(f"unknown checkpoint inference.track settings: {sorted(unknown)}")
@@ -138,15 +139,21 @@ class DepthPipeline:
     def _run(self, crop, mirror: bool = False) -> np.ndarray:
         """One network pass on a crop -> (J, 3) normalized uvd; with ``mirror`` the mean of the crop's
         prediction and its mirror image's (see the module doc)."""
-        x = torch.from_numpy(crop.image)[None, None]
+        return self._run_batch([crop], mirror)[0]
+
+    def _run_batch(self, crops: list, mirror: bool = False) -> np.ndarray:
+        """One network call on N crops -> (N, J, 3) normalized uvd; with ``mirror`` each is the mean of
+        the crop's prediction and its mirror image's, all mirrors in the same batch of 2N."""
+        n = len(crops)
+        x = torch.from_numpy(np.stack([c.image for c in crops]))[:, None]
         if mirror:
             x = torch.cat([x, x.flip(-1)])  # the crop's u -> -u: column c -> size - 1 - c
         with torch.inference_mode():
             uvd = self.model(x.to(device=self.device, dtype=self.dtype)).float().cpu().numpy()
         if not mirror:
-            return uvd[0]
-        uvd[1, :, 0] *= -1.0
-        return uvd.mean(axis=0)
+            return uvd
+        uvd[n:, :, 0] *= -1.0
+        return (uvd[:n] + uvd[n:]) / 2.0
 
     def _final(self, depth_mm: np.ndarray, intrinsics: Intrinsics, crop, rotation_deg: float,
                mirror: bool) -> np.ndarray:
@@ -159,13 +166,7 @@ class DepthPipeline:
         crops = [crop] + [self.codec.encode_mm(depth_mm, intrinsics, com_xyz_mm=crop.com_xyz_mm,
                                                rotation_deg=rotation_deg + offset)
                           for offset in self.rotation_average]
-        x = torch.from_numpy(np.stack([c.image for c in crops]))[:, None]
-        x = torch.cat([x, x.flip(-1)])
-        with torch.inference_mode():
-            uvd = self.model(x.to(device=self.device, dtype=self.dtype)).float().cpu().numpy()
-        n = len(crops)
-        uvd[n:, :, 0] *= -1.0
-        uvd = (uvd[:n] + uvd[n:]) / 2.0
+        uvd = self._run_batch(crops, mirror=True)
         xyz_m = np.mean([self.codec.decode_joints(u, c) for u, c in zip(uvd, crops, strict=True)], axis=0)
         return self.codec.encode_joints(xyz_m, crop)
 
