@@ -14,7 +14,7 @@ from handpose_core.data.synthetic import SynthConfig, SyntheticHands
 from handpose_core.keypoints import HAND21
 from handpose_core.models import create_model, list_models
 from handpose_core.models.deep_prior import fit_pca, load_pca
-from handpose_core.pipelines.depth import save_untrained
+from handpose_core.pipelines.depth import SEARCH_DEFAULTS, fit_score, save_untrained
 from handpose_core.training.deep_prior_task import (
     CropSet,
     DeepPriorTask,
@@ -359,8 +359,8 @@ def test_flip_average_runs_the_final_pass_on_the_crop_and_its_mirror(tmp_path):
     # which passes mirror: the searched frame's last of 2; a tracked frame's only with track.flip_average
     pipeline.track_cfg.update(min_confidence=0.0, min_fill=0.0)  # keep the untrained model's track
     calls = []
-    run = pipeline._run
-    pipeline._run = lambda c, mirror=False: calls.append(mirror) or run(c, mirror)
+    run = pipeline._run_batch
+    pipeline._run_batch = lambda crops, mirror=False: calls.append(mirror) or run(crops, mirror)
     est.predict(sample.depth_mm, sample.intrinsics)
     est.predict(sample.depth_mm, sample.intrinsics)
     assert calls == [False, True, False]
@@ -395,11 +395,18 @@ def test_rotation_average_means_the_joints_of_the_turned_crops(tmp_path):
               for a in (20.0, 5.0, 35.0)]
     xyz_m = np.mean([pipeline.codec.decode_joints(pipeline._run(c, mirror=True), c) for c in turned], axis=0)
     expected = pipeline.codec.encode_joints(xyz_m, crop)
-    got = pipeline._final(depth_mm, sample.intrinsics, crop, 20.0, mirror=True)
+    got, gap = pipeline._final(depth_mm, sample.intrinsics, crop, 20.0, mirror=True)
     assert np.abs(expected - pipeline._run(crop, mirror=True)).max() > 1e-3  # the turned crops count
     np.testing.assert_allclose(got, expected, atol=1e-4)
-    np.testing.assert_allclose(pipeline._final(depth_mm, sample.intrinsics, crop, 20.0, mirror=False),
-                               pipeline._run(crop), atol=1e-6)
+    # the mirror gap is the unturned crop's: mean joint distance between its and its mirror's prediction
+    x = torch.from_numpy(crop.image)[None, None]
+    with torch.inference_mode():
+        plain = pipeline.model(x)[0].numpy()
+        mirrored = pipeline.model(x.flip(-1))[0].numpy() * np.array([-1.0, 1.0, 1.0], np.float32)
+    assert gap == pytest.approx(float(np.linalg.norm(plain - mirrored, axis=1).mean()), abs=1e-5) and gap > 1e-3
+    alone, gap = pipeline._final(depth_mm, sample.intrinsics, crop, 20.0, mirror=False)
+    np.testing.assert_allclose(alone, pipeline._run(crop), atol=1e-6)
+    assert gap == 0.0
     for bad in ("abc", ["x"], [float("nan")], 15):  # a clear error at load, not at the first frame
         blob["meta"]["inference"]["rotation_average"] = bad
         save_checkpoint(tmp_path / "bad.pt", blob["model"]["name"], blob["model"]["config"], blob["state_dict"],
@@ -472,7 +479,8 @@ def test_aligned_joint_centred_crops_point_the_pair_up():
     with pytest.raises(HandPoseError, match="align"):
         DeepPriorTask(replace(rcp, align=("wrist", "elbow")), np.stack(crops), np.stack(labels), codec)
     assert task.checkpoint_meta()["inference"] == {"passes": 3, "flip_average": True, "align": [w, m],
-                                                   "rotation_average": [-15.0, 15.0]}
+                                                   "rotation_average": [-15.0, 15.0],
+                                                   "search": {"candidates": 4}}
     # "auto" takes the layout's hand axis; a layout without one (or a single pass) trains unaligned
     auto = DeepPriorTask(replace(rcp, align="auto"), np.stack(crops), np.stack(labels), codec)
     assert auto.align_idx == (w, m) == HAND21.axis
@@ -622,3 +630,49 @@ def test_evaluate_deep_prior_writes_frames_and_tracking_figures(tmp_path):
     for mode in ("tracked", "per_frame"):
         assert tracking[mode]["detection_rate"] == 1.0 and tracking[mode]["mean_error_mm"] > 0
     assert main(["--checkpoint", str(path), "--n-test", "0"]) == 2
+
+
+def test_fit_score_weighs_joints_on_the_surface_the_mirror_gap_and_the_fill():
+    """fit_score's three features on a crop built for them: half the crop at normalized depth 0, the
+    rest empty (1.0); joints on the filled half at depth 0 agree, the others do not."""
+    crop = np.ones((8, 8), np.float32)
+    crop[:, :4] = 0.0  # columns 0-3 (u_norm < 0) hold a surface at the cube's centre depth
+    uvd = np.zeros((4, 3), np.float32)
+    uvd[:, 0] = [-0.6, -0.4, 0.4, 0.6]  # two joints over the surface, two over the empty half
+    assert fit_score(uvd, crop, 0.0, {"agree": 1.0}) == pytest.approx(0.5)
+    assert fit_score(uvd, crop, 0.0, {"fill": 1.0}) == pytest.approx(0.5)
+    assert fit_score(uvd, crop, 0.3, {"mirror_gap": -2.0}) == pytest.approx(-0.6)
+    assert fit_score(uvd, crop, 0.3, {"agree": 5.0, "mirror_gap": -4.0, "fill": -2.5}) == pytest.approx(
+        2.5 - 1.2 - 1.25)
+
+
+def test_search_candidates_fix_frames_where_the_search_took_a_ball_first():
+    """Held-out frames (seed 1000) where the hand search's first candidate is a ball or a box, the hand
+    being held back at the image border: with the packaged inference.search (4 candidates judged by
+    fit_score) the estimate lies on the hand; judging one candidate, as before, it is 500+ mm off."""
+    gen = SyntheticHands(SynthConfig(render_rgb=False), seed=1000)
+    judged = HandPoseEstimator.from_checkpoint("default:depth", device="cpu", tracking=False)
+    assert judged._pipeline.search_cfg["candidates"] == 4
+    first = HandPoseEstimator.from_checkpoint("default:depth", device="cpu", tracking=False)
+    first._pipeline.search_cfg["candidates"] = 1
+    for i in (27, 546, 1892):
+        sample = gen[i]
+        err = [float(np.linalg.norm(est.predict(sample.depth_mm, sample.intrinsics)[0].xyz_m - sample.xyz_m,
+                                    axis=1).mean()) * 1000 for est in (judged, first)]
+        assert err[0] < 40.0 and err[1] > 500.0, (i, err)
+
+
+def test_bad_search_settings_are_a_clear_error(tmp_path):
+    path = save_untrained(tmp_path / "dp.pt")
+    blob = load_checkpoint(path)
+    assert "candidates" in SEARCH_DEFAULTS and blob["meta"].get("inference", {}).get("search") is None
+    for bad, match in (({"candidats": 4}, "unknown"), ({"candidates": 0}, "candidates"),
+                       ({"candidates": "4"}, "candidates"), ({"weights": {"nose": 1.0}}, "weights"),
+                       ({"weights": {"agree": float("nan")}}, "weights"), ({"weights": {"agree": "x"}}, "weights"),
+                       ({"weights": 5}, "weights"), ({"margin": None}, "margin"), ({"accept": "high"}, "accept"),
+                       ("all", "unknown")):
+        blob["meta"]["inference"] = {"passes": 1, "flip_average": True, "search": bad}
+        save_checkpoint(tmp_path / "bad.pt", blob["model"]["name"], blob["model"]["config"], blob["state_dict"],
+                        blob["meta"])
+        with pytest.raises(HandPoseError, match=match):
+            HandPoseEstimator.from_checkpoint(tmp_path / "bad.pt", device="cpu", backend="torch")

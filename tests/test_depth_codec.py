@@ -1,5 +1,6 @@
 """Depth crop codec: exact round trip, hand search on synthetic and real SR305 frames."""
 
+import itertools
 from pathlib import Path
 
 import cv2
@@ -155,3 +156,31 @@ def test_mean_shift_equals_the_plain_gather_and_average_form(samples):
                 np.testing.assert_allclose(got, want, rtol=0, atol=1e-6)
                 checked += 1
     assert checked == 6 * len(samples)
+
+
+def test_candidates_start_with_locate_and_keep_apart(samples):
+    """The first candidate is locate's centre; later ones lie at least a quarter cube from earlier ones."""
+    codec = DepthCropCodec()
+    counts = []
+    for s in samples:
+        depth_mm = depth_to_mm(s.depth_mm)
+        cands = list(itertools.islice(codec.candidates(depth_mm, s.intrinsics), 4))
+        counts.append(len(cands))
+        assert 1 <= len(cands) <= 4
+        np.testing.assert_allclose(cands[0], codec.locate(depth_mm, s.intrinsics))
+        for i in range(len(cands)):
+            for j in range(i):
+                assert np.linalg.norm(cands[i] - cands[j]) >= codec.cube_mm / 4
+    assert max(counts) > 1  # some of these frames hold more than one hand-like object
+    with pytest.raises(NoHandError):
+        next(codec.candidates(np.zeros((48, 64), np.float32), CAMERA))
+
+
+def test_a_hand_held_back_at_the_border_is_still_a_candidate():
+    """Held-out frame 546 (seed 1000): the hand is cut by the left image border, so the search holds
+    it back and takes a ball first (an estimate 559 mm off); the hand must be a later candidate."""
+    sample = SyntheticHands(SynthConfig(render_rgb=False), seed=1000)[546]
+    centroid = sample.xyz_m.mean(axis=0) * 1000
+    cands = list(itertools.islice(DepthCropCodec().candidates(depth_to_mm(sample.depth_mm), sample.intrinsics), 4))
+    distances = [float(np.linalg.norm(c - centroid)) for c in cands]
+    assert distances[0] > 200.0 and min(distances[1:]) < 100.0, distances

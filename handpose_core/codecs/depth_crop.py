@@ -16,6 +16,7 @@ the inference decode are the same code.
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 from dataclasses import dataclass
 
 import cv2
@@ -89,6 +90,9 @@ class DepthCropCodec:
     # candidates appear at most this far behind the nearest pixel: far enough to pass a floor that
     # slopes up to the camera (nearest at ~200 mm) and reach a hand 700 mm behind it
     search_depth_mm: float = 900.0
+    # candidates(): after the first qualifying slab the search goes on this much deeper (900: as deep
+    # as the search itself; 300 missed hands behind a near floor strip)
+    candidate_depth_mm: float = 900.0
     slab_scales: tuple[float, ...] = (1.0, 0.5)  # slab and isolation depths tried, as factors
     max_growth: float = 1.25  # a hand is isolated: its slab grows at most this much (area ratio)
     min_hand_area_mm2: float = 2000.0  # metric area of the slab: a hand edge-on ~ 3000-4000
@@ -124,6 +128,17 @@ class DepthCropCodec:
         bottom image edge (an arm or torso entering from below touches it). The seed is then
         refined by mean shift on the full image inside a sphere of ``cube_mm / 2``.
         """
+        centre = next(self.candidates(depth_mm, intrinsics), None)
+        if centre is None:
+            raise NoHandError(f"no object of at least {self.min_hand_px} pixels in range")
+        return centre
+
+    def candidates(self, depth_mm: np.ndarray, intrinsics: Intrinsics) -> Iterator[np.ndarray]:
+        """The search's hand centres, (3,) float64 mm each, best first, lazily: the first is
+        :meth:`locate`'s and costs what it does; the later ones (see :meth:`_search_all`), each at
+        least ``cube_mm / 4`` from those before it, are searched for only when asked for, by a caller
+        that can judge which one holds the hand. Raises NoHandError (at the first ``next``) when
+        nothing is in range."""
         s = self.search_stride
         small = np.ascontiguousarray(depth_mm[::s, ::s])
         valid_small = (small > self.min_depth_mm) & (small < self.max_depth_mm)
@@ -136,16 +151,26 @@ class DepthCropCodec:
             )
         k = min(self.nearest_k, values.size - 1)
         near_mm = float(np.partition(values, k)[k])
-        seed = self._search(small, valid_small, near_mm, min_px_small, intrinsics)
-        if seed is None:
-            raise NoHandError(f"no object of at least {self.min_hand_px} pixels in range")
+        centres: list[np.ndarray] = []
+        for seed in self._search_all(small, valid_small, near_mm, min_px_small, intrinsics):
+            com = self._centre(depth_mm, small, seed, intrinsics)
+            if all(np.linalg.norm(com - c) >= self.cube_mm / 4.0 for c in centres):
+                centres.append(com)
+                yield com
+
+    def _centre(self, depth_mm: np.ndarray, small: np.ndarray, seed, intrinsics: Intrinsics) -> np.ndarray:
+        """A search seed ((rows, cols) in ``small``, z limit mm) -> refined centre (3,) float64 mm."""
+        s = self.search_stride
         (vs, us), z_limit = seed
         com_uvd = np.array([us.mean() * s, vs.mean() * s, float(np.median(small[vs, us]))])
         com_uvd = self._refine(depth_mm, com_uvd, intrinsics, z_limit)
         return intrinsics.backproject(com_uvd[:2], com_uvd[2])
 
-    def _search(self, small, valid_small, near_mm, min_px, intr):
-        """Layered search of :meth:`locate` -> ((rows, cols) of the seed blob in ``small``, z limit mm) or None.
+    def _search_all(self, small, valid_small, near_mm, min_px, intr):
+        """Layered search of :meth:`locate`: yields seeds ((rows, cols) of a blob in ``small``, z limit mm),
+        best first: the nearest isolated hand-sized slab; then those held back for the image border
+        and the others born up to ``candidate_depth_mm`` deeper than the first, one per object; the fallback blob
+        only where none qualified. Lazy: the first seed costs what it did alone.
 
         The z limit is the depth behind which the blob's surroundings start (the isolation cut of an
         accepted slab): the mean shift ignores farther points, such as a wall just behind the hand.
@@ -189,8 +214,14 @@ class DepthCropCodec:
         border[band:-band, band:-band] = False
         border = border.ravel()
         judged = set()
-        held = None  # the nearest small qualifying slab whose seed touches the image border
+        held = []  # (pixels, seed) of small qualifying slabs whose seed touches the image border
+        later = []  # (pixels, seed) of the qualifying slabs after the first
+        first = None  # pixels of the first qualifying slab, once yielded
+        taken = np.zeros(small.size, bool)  # pixels of the first and the later slabs
+        last_layer = n_birth
         for i in range(1, n_birth + 1):
+            if i > last_layer:
+                break
             labels_i, _, counts, _ = layer(i)
             born = np.flatnonzero(counts >= min_px)
             born = born[born > 0]
@@ -210,18 +241,36 @@ class DepthCropCodec:
                     growth = area_d[deeper_of[slab]] / max(area, 1e-6)
                     if not (self.min_hand_area_mm2 <= area <= self.max_hand_area_mm2 and growth <= self.max_growth):
                         continue
-                    rows, cols = np.divmod(np.flatnonzero(labels_s == slab), small.shape[1])
+                    pixels = np.flatnonzero(labels_s == slab)
+                    if first is not None and taken[pixels].any():
+                        continue  # a slab already taken, seen again at a deeper threshold
+                    rows, cols = np.divmod(pixels, small.shape[1])
                     if self._edges_touched(rows, cols, small.shape, band) >= 3:
                         continue  # a floor or wall seen steeply: a hand with its forearm reaches 1-2 edges
                     # a small blob whose seed is cut by the image border is likely part of something
                     # larger outside the view: only taken when nothing else qualifies
                     found = ((rows, cols), near_mm + (i + k_slab + k_iso) * step)
                     if area < self.small_hand_area_mm2 and np.all(cut[slab_of == slab]):
-                        held = found if held is None else held
-                        continue
-                    return found
-        if held is not None:
-            return held
+                        held.append((pixels, found))
+                    elif first is None:
+                        yield found
+                        first = pixels
+                        taken[pixels] = True
+                        last_layer = min(n_birth, i + max(1, int(self.candidate_depth_mm // step)))
+                    else:
+                        later.append((pixels, found))
+                        taken[pixels] = True
+        # then the held-back slabs (nearest first), then the later ones; one seed per object: a slab
+        # that shares pixels with an earlier seed is that object seen at a deeper threshold
+        out = np.zeros(small.size, bool)
+        if first is not None:
+            out[first] = True
+        for pixels, found in held + later:
+            if not out[pixels].any():
+                out[pixels] = True
+                yield found
+        if out.any():
+            return
         # No isolated hand-sized blob: the nearest blob of hand size, preferring one that does not
         # touch the bottom edge.
         fallback = None
@@ -237,11 +286,11 @@ class DepthCropCodec:
             free = [c for c in big.tolist() if c not in bottom]
             if free:
                 best = max(free, key=lambda c: counts[c])
-                return np.divmod(np.flatnonzero(labels == best), small.shape[1]), np.inf
-        if fallback is None:
-            return None
-        labels, best = fallback
-        return np.divmod(np.flatnonzero(labels == best), small.shape[1]), np.inf
+                yield np.divmod(np.flatnonzero(labels == best), small.shape[1]), np.inf
+                return
+        if fallback is not None:
+            labels, best = fallback
+            yield np.divmod(np.flatnonzero(labels == best), small.shape[1]), np.inf
 
     @staticmethod
     def _edges_touched(rows: np.ndarray, cols: np.ndarray, shape: tuple[int, int], band: int) -> int:

@@ -22,6 +22,16 @@ turned by each angle, mirror-averages every crop in the same batch and averages 
 camera frame (``DeepPriorRecipe.rotation_average``; +-15 deg, 2026-12-06 packaged weights: 2,000
 held-out frames 18.16 -> 17.83 mm). It needs ``flip_average``: without it the final pass is the crop alone.
 
+Judging the hand search's candidates: the search (:meth:`DepthCropCodec.locate`) takes the nearest
+isolated hand-sized blob, holding back one cut by the image border, so a ball or a box can come
+before a hand at the border. With ``meta['inference']['search']['candidates']`` > 1 (and
+``flip_average``) a searched frame runs up to that many of the search's candidates through every
+pass where the first one's result fits its crop badly (:func:`fit_score`: joints on the crop's surface,
+the mirror's agreement, how full the crop is; below ``accept``), and a later candidate replaces
+the first only where it scores more than ``margin`` higher. About 9 in 10 searched frames accept
+their first candidate and cost nothing more; the others pay the rest of the search and the passes
+once per further candidate.
+
 Tracking (a stream of frames, as in the ROS node): a model with 2 or more passes was trained on
 crops centred on the joints, so the previous frame's final joints serve as the first pass of the
 next frame. A tracked frame skips the hand search and the searched-centre pass: it crops on the
@@ -47,6 +57,7 @@ prediction has every joint at 1.0.
 
 from __future__ import annotations
 
+import itertools
 import os
 from pathlib import Path
 from typing import Any
@@ -78,6 +89,41 @@ TRACK_DEFAULTS: dict[str, Any] = {
     # without, 14.67 mm with; the LARGE_DATA depth node's p50 6.9-7.7 ms without, 8.9-9.2 with.
     "flip_average": False,
 }
+
+
+# Judging the hand search's candidates on a searched frame (DepthPipeline._searched). Written into
+# the checkpoint's meta['inference']['search'] by the training recipe (DeepPriorRecipe.search_candidates); a
+# checkpoint without the entry takes the search's first candidate, as before.
+SEARCH_DEFAULTS: dict[str, Any] = {
+    "candidates": 1,  # the search's candidates run through the network (1: its first, unjudged)
+    # fit_score weights; the first candidate's score at and above which no other is searched for;
+    # the lead a later candidate needs over the first. Weights fitted (logistic regression on "within
+    # 60 mm", then rounded) on the candidates of 2,000 synthetic frames of seed 3000 with the 2026-12-06
+    # packaged weights; see DeepPriorRecipe.search_candidates for the figures.
+    "weights": {"agree": 5.0, "mirror_gap": -4.0, "fill": -2.5},
+    "accept": 1.0,
+    "margin": 2.0,
+}
+FIT_FEATURES = ("agree", "mirror_gap", "fill")
+
+
+def fit_score(uvd_norm: np.ndarray, crop_image: np.ndarray, mirror_gap: float, weights: dict[str, float]) -> float:
+    """How well a prediction fits the crop it came from: higher is more hand-like. A linear score of
+
+    - ``agree``: the share of the (J, 3) normalized uvd joints whose depth lies within 0.2 (30 mm at the
+      300 mm cube) of the crop's (S, S) normalized depth at their pixel: joints lie on a hand's surface;
+    - ``mirror_gap``: mean joint distance between the crop's and its mirror image's predictions
+      (normalized units): the network answers a hand consistently, a ball or a floor patch not;
+    - ``fill``: the share of crop pixels strictly inside the cube: a surface patch fills the crop.
+    """
+    size = crop_image.shape[0]
+    uv = np.clip(np.rint(uvd_norm[:, :2] * (size / 2.0) + (size - 1) / 2.0).astype(int), 0, size - 1)
+    features = {
+        "agree": float(np.mean(np.abs(crop_image[uv[:, 1], uv[:, 0]] - uvd_norm[:, 2]) < 0.2)),
+        "mirror_gap": float(mirror_gap),
+        "fill": float(np.mean((crop_image > -1.0) & (crop_image < 1.0))),
+    }
+    return sum(float(w) * features[name] for name, w in weights.items())
 
 
 def joint_confidence(uvd_norm: np.ndarray) -> np.ndarray:
@@ -122,6 +168,25 @@ class DepthPipeline:
         if unknown:
             raise HandPoseError(f"unknown checkpoint inference.track settings: {sorted(unknown)}")
         self.track_cfg = {**TRACK_DEFAULTS, **track_cfg}
+        search_cfg = inference.get("search", {})
+        unknown = set(search_cfg) - set(SEARCH_DEFAULTS) if isinstance(search_cfg, dict) else {"(not a dict)"}
+        if unknown:
+            raise HandPoseError(f"unknown checkpoint inference.search settings: {sorted(unknown)}")
+        self.search_cfg = {**SEARCH_DEFAULTS, **search_cfg}
+        weights = self.search_cfg["weights"]
+        try:
+            valid = (isinstance(weights, dict) and set(weights) <= set(FIT_FEATURES)
+                     and all(np.isfinite(float(v)) for v in weights.values())
+                     and all(np.isfinite(float(self.search_cfg[k])) for k in ("accept", "margin")))
+        except (TypeError, ValueError):
+            valid = False
+        if not valid:
+            raise HandPoseError(f"checkpoint inference.search.weights must map some of {list(FIT_FEATURES)} "
+                                f"to numbers, accept and margin be numbers; got {weights!r}, "
+                                f"accept {self.search_cfg['accept']!r}, margin {self.search_cfg['margin']!r}")
+        candidates = self.search_cfg["candidates"]
+        if not (isinstance(candidates, int) and candidates >= 1):
+            raise HandPoseError(f"checkpoint inference.search.candidates must be an integer >= 1, got {candidates!r}")
         if int(self.track_cfg["passes"]) < 1:
             raise HandPoseError(f"checkpoint inference.track.passes must be >= 1, got {self.track_cfg['passes']}")
         if track is not None:
@@ -139,11 +204,12 @@ class DepthPipeline:
     def _run(self, crop, mirror: bool = False) -> np.ndarray:
         """One network pass on a crop -> (J, 3) normalized uvd; with ``mirror`` the mean of the crop's
         prediction and its mirror image's (see the module doc)."""
-        return self._run_batch([crop], mirror)[0]
+        return self._run_batch([crop], mirror)[0][0]
 
-    def _run_batch(self, crops: list, mirror: bool = False) -> np.ndarray:
-        """One network call on N crops -> (N, J, 3) normalized uvd; with ``mirror`` each is the mean of
-        the crop's prediction and its mirror image's, all mirrors in the same batch of 2N."""
+    def _run_batch(self, crops: list, mirror: bool = False) -> tuple[np.ndarray, np.ndarray]:
+        """One network call on N crops -> ((N, J, 3) normalized uvd, (N,) mirror gap); with ``mirror``
+        each is the mean of the crop's prediction and its mirror image's, all mirrors in the same batch
+        of 2N, and the gap is the mean joint distance between the two (normalized units; 0 without)."""
         n = len(crops)
         x = torch.from_numpy(np.stack([c.image for c in crops]))[:, None]
         if mirror:
@@ -151,24 +217,26 @@ class DepthPipeline:
         with torch.inference_mode():
             uvd = self.model(x.to(device=self.device, dtype=self.dtype)).float().cpu().numpy()
         if not mirror:
-            return uvd
+            return uvd, np.zeros(n, np.float32)
         uvd[n:, :, 0] *= -1.0
-        return (uvd[:n] + uvd[n:]) / 2.0
+        gap = np.linalg.norm(uvd[:n] - uvd[n:], axis=2).mean(axis=1)
+        return (uvd[:n] + uvd[n:]) / 2.0, gap
 
     def _final(self, depth_mm: np.ndarray, intrinsics: Intrinsics, crop, rotation_deg: float,
-               mirror: bool) -> np.ndarray:
-        """The final pass on ``crop`` (turned by ``rotation_deg``) -> (J, 3) normalized uvd in it. With
-        ``mirror`` and ``rotation_average`` offsets, the crop is also cut turned by each offset and
-        every crop is mirror-averaged, all in one batch; the joints are averaged in the camera frame
-        and encoded back into ``crop``."""
+               mirror: bool) -> tuple[np.ndarray, float]:
+        """The final pass on ``crop`` (turned by ``rotation_deg``) -> ((J, 3) normalized uvd in it, the
+        crop's mirror gap (see :meth:`_run_batch`)). With ``mirror`` and ``rotation_average`` offsets,
+        the crop is also cut turned by each offset and every crop is mirror-averaged, all in one batch;
+        the joints are averaged in the camera frame and encoded back into ``crop``."""
         if not (mirror and self.rotation_average):
-            return self._run(crop, mirror=mirror)
+            uvd, gap = self._run_batch([crop], mirror=mirror)
+            return uvd[0], float(gap[0])
         crops = [crop] + [self.codec.encode_mm(depth_mm, intrinsics, com_xyz_mm=crop.com_xyz_mm,
                                                rotation_deg=rotation_deg + offset)
                           for offset in self.rotation_average]
-        uvd = self._run_batch(crops, mirror=True)
+        uvd, gap = self._run_batch(crops, mirror=True)
         xyz_m = np.mean([self.codec.decode_joints(u, c) for u, c in zip(uvd, crops, strict=True)], axis=0)
-        return self.codec.encode_joints(xyz_m, crop)
+        return self.codec.encode_joints(xyz_m, crop), float(gap[0])
 
     def predict(self, image: np.ndarray, intrinsics: Intrinsics | None, depth: np.ndarray | None = None
                 ) -> list[HandPose]:
@@ -194,12 +262,11 @@ class DepthPipeline:
         if found is None:
             source = "search"
             try:
-                crop = self.codec.encode_mm(depth_mm, intrinsics)
+                found = self._searched(depth_mm, intrinsics)
             except NoHandError:
                 self.reset()
                 return []
-            found = self._passes(depth_mm, intrinsics, crop, self.passes, self.flip_average)
-        uvd, crop, xyz_m = found
+        uvd, crop, xyz_m, _ = found
         uv_px = self.codec.decode_uv(uvd, crop)
         confidence = joint_confidence(uvd)
         if self.tracking and float(confidence.mean()) >= self.track_cfg["min_confidence"]:
@@ -234,9 +301,13 @@ class DepthPipeline:
     def _passes(self, depth_mm: np.ndarray, intrinsics: Intrinsics, crop, passes: int, mirror_last: bool,
                 rotation_deg: float = 0.0):
         """``passes`` network passes, the first on ``crop`` (turned by ``rotation_deg``), each later one on
-        the crop that follows the previous one -> (uvd, crop, xyz m); ``mirror_last``: the last of them
-        mirror-averaged (see :meth:`_final`)."""
-        uvd = self._final(depth_mm, intrinsics, crop, rotation_deg, mirror_last) if passes == 1 else self._run(crop)
+        the crop that follows the previous one -> (uvd, crop, xyz m, the final crop's mirror gap);
+        ``mirror_last``: the last of them mirror-averaged (see :meth:`_final`)."""
+        gap = 0.0
+        if passes == 1:
+            uvd, gap = self._final(depth_mm, intrinsics, crop, rotation_deg, mirror_last)
+        else:
+            uvd = self._run(crop)
         xyz_m = self.codec.decode_joints(uvd, crop)
         for k in range(1, passes):
             follow = self._next_crop(self.codec.decode_uv(uvd, crop), xyz_m)
@@ -244,11 +315,41 @@ class DepthPipeline:
                 break
             crop = self.codec.encode_mm(depth_mm, intrinsics, com_xyz_mm=follow[0], rotation_deg=follow[1])
             if k == passes - 1:
-                uvd = self._final(depth_mm, intrinsics, crop, follow[1], mirror_last)
+                uvd, gap = self._final(depth_mm, intrinsics, crop, follow[1], mirror_last)
             else:
                 uvd = self._run(crop)
             xyz_m = self.codec.decode_joints(uvd, crop)
-        return uvd, crop, xyz_m
+        return uvd, crop, xyz_m, gap
+
+    def _searched(self, depth_mm: np.ndarray, intrinsics: Intrinsics):
+        """A frame without a track -> (uvd, crop, xyz m, mirror gap) of the hand search's best candidate.
+
+        The search's first candidate runs every pass. With ``search.candidates`` > 1 (and
+        ``flip_average``), where its :func:`fit_score` is below ``search.accept`` the search goes on
+        for up to ``candidates - 1`` more, each runs every pass too, and the best-scoring one replaces
+        the first where it scores more than ``search.margin`` higher. Raises NoHandError.
+        """
+        found = self.codec.candidates(depth_mm, intrinsics)
+        first = next(found, None)
+        if first is None:
+            raise NoHandError(f"no object of at least {self.codec.min_hand_px} pixels in range")
+        result = self._passes(depth_mm, intrinsics, self.codec.encode_mm(depth_mm, intrinsics, com_xyz_mm=first),
+                              self.passes, self.flip_average)
+        more = int(self.search_cfg["candidates"]) - 1 if self.flip_average else 0
+        if more <= 0:
+            return result
+        weights = self.search_cfg["weights"]
+        first_score = fit_score(result[0], result[1].image, result[3], weights)
+        if first_score >= float(self.search_cfg["accept"]):
+            return result
+        best, best_score = result, first_score
+        for com in itertools.islice(found, more):
+            other = self._passes(depth_mm, intrinsics, self.codec.encode_mm(depth_mm, intrinsics, com_xyz_mm=com),
+                                 self.passes, self.flip_average)
+            score = fit_score(other[0], other[1].image, other[3], weights)
+            if score > best_score:
+                best, best_score = other, score
+        return best if best_score - first_score > float(self.search_cfg["margin"]) else result
 
     def _tracked(self, depth_mm: np.ndarray, intrinsics: Intrinsics, key: tuple):
         """This frame from the previous one's joints -> (uvd, crop, xyz m), or None to search instead."""
