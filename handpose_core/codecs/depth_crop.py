@@ -128,17 +128,14 @@ class DepthCropCodec:
         bottom image edge (an arm or torso entering from below touches it). The seed is then
         refined by mean shift on the full image inside a sphere of ``cube_mm / 2``.
         """
-        centre = next(self.candidates(depth_mm, intrinsics), None)
-        if centre is None:
-            raise NoHandError(f"no object of at least {self.min_hand_px} pixels in range")
-        return centre
+        return next(self.candidates(depth_mm, intrinsics))
 
     def candidates(self, depth_mm: np.ndarray, intrinsics: Intrinsics) -> Iterator[np.ndarray]:
         """The search's hand centres, (3,) float64 mm each, best first, lazily: the first is
         :meth:`locate`'s and costs what it does; the later ones (see :meth:`_search_all`), each at
         least ``cube_mm / 4`` from those before it, are searched for only when asked for, by a caller
-        that can judge which one holds the hand. Raises NoHandError (at the first ``next``) when
-        nothing is in range."""
+        that can judge which one holds the hand. Raises NoHandError at the first ``next`` when
+        nothing hand-sized is in range (it never ends without a centre)."""
         s = self.search_stride
         small = np.ascontiguousarray(depth_mm[::s, ::s])
         valid_small = (small > self.min_depth_mm) & (small < self.max_depth_mm)
@@ -157,6 +154,8 @@ class DepthCropCodec:
             if all(np.linalg.norm(com - c) >= self.cube_mm / 4.0 for c in centres):
                 centres.append(com)
                 yield com
+        if not centres:
+            raise NoHandError(f"no object of at least {self.min_hand_px} pixels in range")
 
     def _centre(self, depth_mm: np.ndarray, small: np.ndarray, seed, intrinsics: Intrinsics) -> np.ndarray:
         """A search seed ((rows, cols) in ``small``, z limit mm) -> refined centre (3,) float64 mm."""

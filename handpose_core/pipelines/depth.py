@@ -330,9 +330,7 @@ class DepthPipeline:
         the first where it scores more than ``search.margin`` higher. Raises NoHandError.
         """
         found = self.codec.candidates(depth_mm, intrinsics)
-        first = next(found, None)
-        if first is None:
-            raise NoHandError(f"no object of at least {self.codec.min_hand_px} pixels in range")
+        first = next(found)  # NoHandError where nothing is in range
         result = self._passes(depth_mm, intrinsics, self.codec.encode_mm(depth_mm, intrinsics, com_xyz_mm=first),
                               self.passes, self.flip_average)
         more = int(self.search_cfg["candidates"]) - 1 if self.flip_average else 0

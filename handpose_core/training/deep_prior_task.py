@@ -111,7 +111,7 @@ class DeepPriorRecipe:
     # the search's candidates through every pass and keeps a later one only where it fits far better
     # (DepthPipeline._searched; SEARCH_DEFAULTS' fit_score weights, accept 1.0, margin 2.0). 2026-12-06
     # packaged weights, 2,000 frames each: seed 3000 (where the score was fitted and the margin picked:
-    # 1.5-2.5 scored the same there) 17.50 -> 16.88 mm; held-out seed 1000 17.83 -> 16.89 mm and seed
+    # 1.0-2.5 scored the same there) 17.50 -> 16.88 mm; held-out seed 1000 17.83 -> 16.89 mm and seed
     # 7000 17.06 -> 16.46 mm, 3 frames each better by > 5 mm (ball, box or floor taken for the hand),
     # none worse. 9-10 % of searched frames go on past their first candidate. Margins 1.0-1.5 made the
     # held-out seeds worse (18.1-18.3 mm): the score alone does not tell a hand from a near miss.
