@@ -151,6 +151,12 @@ RECIPES: dict[str, Recipe] = {
         # against 4,019), within the 0.01 spread of two seeds. Test-time averaging of the crop at
         # x0.85/1.15 scale or +-15 deg (on top of the mirror; the previous weights, integer argmax):
         # 0.844 -> 0.850 / 0.851, for 3x the network cost.
+        # Tried and not taken (2026-12-06, later; runs with 6 % more steps than the baselines, on a
+        # quieter machine): 10-min tests sigma 10 px 0.725, weight decay 0 0.724 (this recipe 0.709-0.715,
+        # three runs); a weight average (EMA 0.999 / 0.9995) scored what the trained weights did (0.711 /
+        # 0.709), the cosine LR already ends at zero. Both changes together in a full 40-min run (25,749
+        # steps): held-out crops PCK@0.2 0.859 (these weights 0.859), AUC 0.783 (0.788), EPE 11.3 px
+        # (11.0), full frames depth box 0.805 (0.811), RGB search 0.789 (0.772), tracked 0.836 (0.843).
         sigma_px=8.0, cpu_bf16=True, channels_last=True,
     ),
     # The OpenPose layout (VGG-19, 6 stages, 368 px): a GPU recipe; one CPU step takes seconds.
