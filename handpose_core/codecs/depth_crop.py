@@ -90,9 +90,6 @@ class DepthCropCodec:
     # candidates appear at most this far behind the nearest pixel: far enough to pass a floor that
     # slopes up to the camera (nearest at ~200 mm) and reach a hand 700 mm behind it
     search_depth_mm: float = 900.0
-    # candidates(): after the first qualifying slab the search goes on this much deeper (900: as deep
-    # as the search itself; 300 missed hands behind a near floor strip)
-    candidate_depth_mm: float = 900.0
     slab_scales: tuple[float, ...] = (1.0, 0.5)  # slab and isolation depths tried, as factors
     max_growth: float = 1.25  # a hand is isolated: its slab grows at most this much (area ratio)
     min_hand_area_mm2: float = 2000.0  # metric area of the slab: a hand edge-on ~ 3000-4000
@@ -168,8 +165,9 @@ class DepthCropCodec:
     def _search_all(self, small, valid_small, near_mm, min_px, intr):
         """Layered search of :meth:`locate`: yields seeds ((rows, cols) of a blob in ``small``, z limit mm),
         best first: the nearest isolated hand-sized slab; then those held back for the image border
-        and the others born up to ``candidate_depth_mm`` deeper than the first, one per object; the fallback blob
-        only where none qualified. Lazy: the first seed costs what it did alone.
+        and the others, one per object, as deep as the search goes (stopping 300 mm behind the first
+        missed hands behind a near floor strip); the fallback blob only where none qualified. Lazy: the
+        first seed costs what it did alone.
 
         The z limit is the depth behind which the blob's surroundings start (the isolation cut of an
         accepted slab): the mean shift ignores farther points, such as a wall just behind the hand.
@@ -217,10 +215,7 @@ class DepthCropCodec:
         later = []  # (pixels, seed) of the qualifying slabs after the first
         first = None  # pixels of the first qualifying slab, once yielded
         taken = np.zeros(small.size, bool)  # pixels of the first and the later slabs
-        last_layer = n_birth
         for i in range(1, n_birth + 1):
-            if i > last_layer:
-                break
             labels_i, _, counts, _ = layer(i)
             born = np.flatnonzero(counts >= min_px)
             born = born[born > 0]
@@ -255,7 +250,6 @@ class DepthCropCodec:
                         yield found
                         first = pixels
                         taken[pixels] = True
-                        last_layer = min(n_birth, i + max(1, int(self.candidate_depth_mm // step)))
                     else:
                         later.append((pixels, found))
                         taken[pixels] = True

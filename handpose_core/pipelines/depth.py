@@ -126,6 +126,16 @@ def fit_score(uvd_norm: np.ndarray, crop_image: np.ndarray, mirror_gap: float, w
     return sum(float(w) * features[name] for name, w in weights.items())
 
 
+def _settings(inference: dict[str, Any], name: str, defaults: dict[str, Any]) -> dict[str, Any]:
+    """``defaults`` updated by the checkpoint's ``meta['inference'][name]``; HandPoseError for keys it
+    does not know (or an entry that is not a dict)."""
+    given = inference.get(name, {})
+    unknown = set(given) - set(defaults) if isinstance(given, dict) else {"(not a dict)"}
+    if unknown:
+        raise HandPoseError(f"unknown checkpoint inference.{name} settings: {sorted(unknown)}")
+    return {**defaults, **given}
+
+
 def joint_confidence(uvd_norm: np.ndarray) -> np.ndarray:
     """(J, 3) normalized uvd -> (J,) float32 in [0, 1]: 1 inside the cube, 0 at 1.5x its half-width."""
     worst = np.abs(np.asarray(uvd_norm, dtype=np.float32)).max(axis=1)
@@ -163,16 +173,8 @@ class DepthPipeline:
         if self.align is not None and not all(0 <= i < len(self.joint_names) for i in self.align):
             raise HandPoseError(
                 f"checkpoint inference.align {align} is not a pair of the {len(self.joint_names)} joints")
-        track_cfg = inference.get("track", {})
-        unknown = set(track_cfg) - set(TRACK_DEFAULTS) if isinstance(track_cfg, dict) else {"(not a dict)"}
-        if unknown:
-            raise HandPoseError(f"unknown checkpoint inference.track settings: {sorted(unknown)}")
-        self.track_cfg = {**TRACK_DEFAULTS, **track_cfg}
-        search_cfg = inference.get("search", {})
-        unknown = set(search_cfg) - set(SEARCH_DEFAULTS) if isinstance(search_cfg, dict) else {"(not a dict)"}
-        if unknown:
-            raise HandPoseError(f"unknown checkpoint inference.search settings: {sorted(unknown)}")
-        self.search_cfg = {**SEARCH_DEFAULTS, **search_cfg}
+        self.track_cfg = _settings(inference, "track", TRACK_DEFAULTS)
+        self.search_cfg = _settings(inference, "search", SEARCH_DEFAULTS)
         weights = self.search_cfg["weights"]
         try:
             valid = (isinstance(weights, dict) and set(weights) <= set(FIT_FEATURES)
@@ -329,25 +331,27 @@ class DepthPipeline:
         for up to ``candidates - 1`` more, each runs every pass too, and the best-scoring one replaces
         the first where it scores more than ``search.margin`` higher. Raises NoHandError.
         """
+        def run(com_mm: np.ndarray):
+            crop = self.codec.encode_mm(depth_mm, intrinsics, com_xyz_mm=com_mm)
+            return self._passes(depth_mm, intrinsics, crop, self.passes, self.flip_average)
+
+        def score(result) -> float:
+            uvd, crop, _, gap = result
+            return fit_score(uvd, crop.image, gap, self.search_cfg["weights"])
+
         found = self.codec.candidates(depth_mm, intrinsics)
-        first = next(found)  # NoHandError where nothing is in range
-        result = self._passes(depth_mm, intrinsics, self.codec.encode_mm(depth_mm, intrinsics, com_xyz_mm=first),
-                              self.passes, self.flip_average)
+        first = run(next(found))  # NoHandError where nothing is in range
         more = int(self.search_cfg["candidates"]) - 1 if self.flip_average else 0
         if more <= 0:
-            return result
-        weights = self.search_cfg["weights"]
-        first_score = fit_score(result[0], result[1].image, result[3], weights)
+            return first
+        first_score = score(first)
         if first_score >= float(self.search_cfg["accept"]):
-            return result
-        best, best_score = result, first_score
-        for com in itertools.islice(found, more):
-            other = self._passes(depth_mm, intrinsics, self.codec.encode_mm(depth_mm, intrinsics, com_xyz_mm=com),
-                                 self.passes, self.flip_average)
-            score = fit_score(other[0], other[1].image, other[3], weights)
-            if score > best_score:
-                best, best_score = other, score
-        return best if best_score - first_score > float(self.search_cfg["margin"]) else result
+            return first
+        best, best_score = first, first_score
+        for result in map(run, itertools.islice(found, more)):
+            if (s := score(result)) > best_score:
+                best, best_score = result, s
+        return best if best_score - first_score > float(self.search_cfg["margin"]) else first
 
     def _tracked(self, depth_mm: np.ndarray, intrinsics: Intrinsics, key: tuple):
         """This frame from the previous one's joints -> (uvd, crop, xyz m), or None to search instead."""
