@@ -43,6 +43,7 @@ import numpy as np
 
 from bench.common import machine_info
 from handpose_core.atomic import write_json
+from handpose_ros.shutdown import teardown
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -118,6 +119,7 @@ def run_case(modality: str, model: str, args, frames) -> dict:
     lock = threading.Lock()
     arrivals: list[tuple[float, float, int]] = []  # (receive time, stamp, height)
     diagnostics: list[dict[str, str]] = []
+    node = None
     try:
         node = Node("bench_node_client", context=context)
         reliability = (
@@ -201,9 +203,10 @@ def run_case(modality: str, model: str, args, frames) -> dict:
         stop.set()
         spinner.join(timeout=2.0)
         executor.shutdown()
-        node.destroy_node()
     finally:
-        rclpy.try_shutdown(context=context)
+        # the last node of the context deletes its DDS participant, which can block (handpose_ros.shutdown)
+        steps = [node.destroy_node] if node is not None else []
+        teardown(*steps, lambda: rclpy.try_shutdown(context=context))
         if process.poll() is None:
             process.send_signal(signal.SIGINT)
             try:

@@ -39,6 +39,7 @@ from pathlib import Path
 from typing import Any
 
 from handpose_core.atomic import atomic_write, write_json
+from handpose_ros.shutdown import teardown
 
 PROG = "handpose-bag"
 IMAGE_TYPE = "sensor_msgs/msg/Image"
@@ -279,8 +280,7 @@ def record(
             raise BagToolError(f"could not finish {out}: {exc}") from None
         finally:
             executor.shutdown()
-            node.destroy_node()
-            context.try_shutdown()
+            teardown(node.destroy_node, context.try_shutdown)  # bounded (handpose_ros.shutdown)
     result.missing = [t for t in wanted if subscribed.get(t) is None]
     return result
 
@@ -437,7 +437,7 @@ def play(
     finally:
         reader.close()
         if context is not None:
-            context.try_shutdown()
+            teardown(context.try_shutdown)  # bounded (handpose_ros.shutdown)
     return result
 
 

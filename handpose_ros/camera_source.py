@@ -32,6 +32,7 @@ is still published), which saves the serialization of 1 MB per frame.
 from __future__ import annotations
 
 import argparse
+import gc
 import signal
 import sys
 import threading
@@ -49,6 +50,7 @@ from sensor_msgs.msg import CameraInfo, Image, PointCloud2
 from std_msgs.msg import Header
 
 from handpose_ros import conversions as conv
+from handpose_ros.shutdown import teardown
 
 NODE_NAME = "camera_source"
 DEFAULT_NAMESPACE = "/camera"
@@ -306,6 +308,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         except ValueError as exc:
             print(f"handpose_camera_source: error: {exc}", file=sys.stderr)
             return 2
+        except KeyboardInterrupt:
+            return 0  # Ctrl-C while the frames were rendered
         executor = SingleThreadedExecutor()
         executor.add_node(node)
         try:
@@ -318,9 +322,9 @@ def main(argv: Sequence[str] | None = None) -> int:
             executor.remove_node(node)
         return 0
     finally:
-        if node is not None:
-            node.destroy_node()
-        rclpy.try_shutdown()
+        # bounded: deleting the DDS participant can block (handpose_ros.shutdown); a node interrupted
+        # while it rendered has no name here: the collector frees it
+        teardown(node.destroy_node if node is not None else gc.collect, rclpy.try_shutdown)
 
 
 if __name__ == "__main__":

@@ -31,6 +31,7 @@ its confidence. ``joint_names`` is read-only: it reports the loaded model's join
 from __future__ import annotations
 
 import functools
+import gc
 import re
 import sys
 import threading
@@ -57,6 +58,7 @@ from handpose_core.geometry import palm_pose
 from handpose_core.keypoints import layout_for
 from handpose_ros import conversions as conv
 from handpose_ros.diagnostics import KindThrottle, PipelineStats, pipeline_status
+from handpose_ros.shutdown import teardown
 
 NODE_NAME = "handpose"
 BAD_INPUT_LOG_PERIOD_S = 5.0
@@ -291,6 +293,7 @@ class HandPoseNode(LifecycleNode):
         from handpose_core.estimator import HandPoseEstimator  # torch import on first activation only
 
         model, device, precision = self._param("model"), self._param("device"), self._param("precision")
+        self.get_logger().info(f"loading model {model!r} on {device}")
         try:
             estimator = HandPoseEstimator.from_checkpoint(model, device=device, precision=precision,
                                                           threads=self._param("threads"),
@@ -510,12 +513,15 @@ class HandPoseNode(LifecycleNode):
 def main(args: list[str] | None = None) -> int:
     """Console entry point ``handpose_node``: ``handpose_node --ros-args -p model:=... -r image:=...``."""
     rclpy.init(args=args)
+    node = None
     try:
         try:
             node = HandPoseNode()
         except InvalidParameterValueException as exc:
             print(f"[handpose] invalid parameter: {exc}", file=sys.stderr)
             return 2
+        except KeyboardInterrupt:
+            return 0  # Ctrl-C while the node started (autostart loads the model): a normal way out
         executor = SingleThreadedExecutor()
         executor.add_node(node)
         try:
@@ -525,10 +531,11 @@ def main(args: list[str] | None = None) -> int:
         finally:
             node.release()
             executor.remove_node(node)
-            node.destroy_node()
         return 0
     finally:
-        rclpy.try_shutdown()
+        # bounded: deleting the DDS participant can block (handpose_ros.shutdown). A node interrupted
+        # while it started has no name here: the collector frees it, inside the bound too.
+        teardown(node.destroy_node if node is not None else gc.collect, rclpy.try_shutdown)
 
 
 if __name__ == "__main__":

@@ -639,6 +639,31 @@ def _node_command() -> list[str]:
     return [sys.executable, "-c", "import sys; from handpose_ros.node import main; sys.exit(main())"]
 
 
+def test_ctrl_c_while_the_node_loads_its_model_is_a_quiet_exit(checkpoints, tmp_path):
+    # autostart loads the model inside the node's constructor: Ctrl-C lands there more often than
+    # in spin (the demo's Ctrl-C test did), and used to leave a traceback and a node to finalize
+    # outside handpose_ros.shutdown's bound.
+    log_path = tmp_path / "node.log"
+    command = _node_command() + ["--ros-args", "-p", f"model:={checkpoints['depth']}", "-p", "device:=cpu"]
+    env = dict(os.environ, PYTHONPATH=str(ROOT), PYTHONUNBUFFERED="1", RCUTILS_LOGGING_BUFFERED_STREAM="0")
+    with open(log_path, "wb") as log:
+        process = subprocess.Popen(command, cwd=ROOT, env=env, stdout=log, stderr=subprocess.STDOUT)
+    try:
+        deadline = time.monotonic() + 60.0
+        while "loading model" not in log_path.read_text() and time.monotonic() < deadline:
+            assert process.poll() is None, log_path.read_text()
+            time.sleep(0.01)
+        process.send_signal(signal.SIGINT)
+        assert process.wait(timeout=30.0) == 0, log_path.read_text()
+        text = log_path.read_text()
+        assert "loading model" in text and "Traceback" not in text, text
+        assert "loaded depth model" not in text, "the signal came too late to test the start"
+    finally:
+        if process.poll() is None:
+            process.kill()
+            process.wait()
+
+
 def test_node_process(ctx, checkpoints, frames, tmp_path):
     log_path = tmp_path / "node.log"
     command = _node_command() + [

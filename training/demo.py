@@ -26,7 +26,9 @@ Writes ``--out`` (default ``demo_out/``):
 Exit codes: 0 when keypoints arrived in every mode, 1 when a mode got none (or a process died),
 2 for bad options or missing default weights (one line), 130 on Ctrl-C. Child processes are
 always stopped (SIGINT, then SIGTERM, then SIGKILL), also on Ctrl-C, on errors, and if this
-process is killed (they get SIGTERM from the kernel via ``PR_SET_PDEATHSIG`` on Linux).
+process is killed (they get SIGTERM from the kernel via ``PR_SET_PDEATHSIG`` on Linux). This
+process then ends without deleting its own DDS participant, which can block for good
+(:mod:`handpose_ros.shutdown`).
 
 The ROS domain is random (1-100) unless ``ROS_DOMAIN_ID`` is
 set, so two demos or test runs never hear each other.
@@ -52,6 +54,7 @@ from pathlib import Path
 import numpy as np
 
 from handpose_core import atomic
+from handpose_ros.shutdown import exit_now, teardown
 
 ROOT = Path(__file__).resolve().parents[1]
 PROG = "demo"
@@ -249,11 +252,15 @@ class Consumer:
                     return
                 raise
 
-    def close(self) -> None:
+    def stop(self) -> None:
+        """Stop receiving (the spinning thread ends; the node stays)."""
         self._stop.set()
         self._thread.join(timeout=5.0)
+
+    def close(self) -> None:
+        self.stop()
         self.executor.shutdown(timeout_sec=1.0)
-        self.node.destroy_node()
+        teardown(self.node.destroy_node)  # bounded: Fast DDS can block here (handpose_ros.shutdown)
 
     # -- mode switching (main thread) -------------------------------------------------------------
     def watch_images(self, topic: str) -> None:
@@ -812,12 +819,14 @@ def run(args: argparse.Namespace) -> int:
                     code = 1
             summary["ok"] = code == 0
     finally:
-        if consumer is not None:
-            consumer.close()
-        rclpy.try_shutdown(context=context)
         summary["processes"] = children.report()
         atomic.write_json(out / "summary.json", summary)
         print(f"{PROG}: wrote {out / 'summary.json'}", file=sys.stderr)
+        # This process's DDS participant is left to exit_now (__main__), not deleted: deleting it can
+        # block (handpose_ros.shutdown), and no one is left to say goodbye to (the children are
+        # stopped, the domain is the demo's own).
+        if consumer is not None:
+            consumer.stop()
     return code
 
 
@@ -964,4 +973,4 @@ def main(argv: list[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    exit_now(main())  # without the interpreter's rclpy shutdown: see run()

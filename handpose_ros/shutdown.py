@@ -1,0 +1,51 @@
+"""Bounded ROS 2 teardown for the package's programs (node, camera source, bag tool, benchmarks).
+
+Why: Fast DDS's TCP transport, which ``FASTDDS_BUILTIN_TRANSPORTS=LARGE_DATA`` turns on, now and
+then blocks while it deletes a participant: ``rcl_node_fini`` of a process's last node ->
+``delete_participant`` -> ``TCPChannelResourceBasic::disconnect`` waits on a mutex
+(eProsima/Fast-DDS#2010, open). Seen here on about 1 in 15 Ctrl-C's of the demo's node, still
+blocked when the demo sent SIGTERM 10 s later (native stacks from ``py-spy dump --native``), and as
+a demo that had not exited 60 s after Ctrl-C (a CI run of ``tests/test_demo.py``).
+
+The blocked call holds the GIL (rclpy's bindings keep it around ``rcl_node_fini``), so no Python
+code runs until it returns: a thread joined with a timeout never wakes up (tried: the node still
+hung until SIGTERM). The deadline is faulthandler's watchdog, a C thread that needs no GIL.
+"""
+
+from __future__ import annotations
+
+import faulthandler
+import os
+import sys
+from collections.abc import Callable
+from typing import NoReturn
+
+TEARDOWN_S = 5.0  # a healthy teardown takes well under a second
+_STDERR_FD = 2  # a descriptor, not sys.stderr: that may be a capture object without one (pytest)
+
+
+def teardown(*steps: Callable[[], object], timeout_s: float = TEARDOWN_S) -> None:
+    """Run the ROS 2 teardown ``steps`` (node destruction, ``try_shutdown``) in order, here.
+
+    Should they still be running after ``timeout_s`` seconds, the process ends: faulthandler
+    writes ``Timeout (0:00:05)!`` and every thread's Python stack (this function among them) to
+    stderr and exits with code 1. Call it after the program's outputs are published and its
+    files closed. A step's exception propagates as usual.
+    """
+    faulthandler.dump_traceback_later(timeout_s, exit=True, file=_STDERR_FD)
+    try:
+        for step in steps:
+            step()
+    finally:
+        faulthandler.cancel_dump_traceback_later()
+
+
+def exit_now(code: int) -> NoReturn:
+    """Flush stdout/stderr and end the process with ``code`` at once (``os._exit``), without the
+    interpreter's finalization, which would shut rclpy down and delete DDS participants (see above)."""
+    for stream in (sys.stdout, sys.stderr):
+        try:
+            stream.flush()
+        except (OSError, ValueError):
+            pass
+    os._exit(code)

@@ -1,0 +1,84 @@
+"""handpose_ros.shutdown: a ROS 2 teardown that blocks (Fast DDS's TCP transport) never keeps a program alive."""
+
+import subprocess
+import sys
+import textwrap
+import time
+from pathlib import Path
+
+import pytest
+
+from handpose_ros.shutdown import teardown
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def run_script(body: str) -> tuple[subprocess.CompletedProcess, float]:
+    t0 = time.monotonic()
+    proc = subprocess.run([sys.executable, "-c", textwrap.dedent(body)], cwd=ROOT, capture_output=True, text=True,
+                          timeout=60)
+    return proc, time.monotonic() - t0
+
+
+def test_teardown_runs_the_steps_in_order_here():
+    calls = []
+    teardown(lambda: calls.append("node"), lambda: calls.append("context"))
+    assert calls == ["node", "context"]
+
+
+def test_a_failing_step_raises_and_stops_the_rest():
+    calls = []
+
+    def fail():
+        raise RuntimeError("context already shut down")
+
+    with pytest.raises(RuntimeError, match="already shut down"):
+        teardown(fail, lambda: calls.append("after"))
+    assert calls == []
+
+
+def test_a_teardown_that_returns_disarms_the_deadline():
+    proc, _ = run_script(
+        """
+        import time
+        from handpose_ros.shutdown import teardown
+        teardown(lambda: None, timeout_s=0.3)
+        time.sleep(1.0)  # past the deadline: the process must not be ended
+        print("done")
+        """
+    )
+    assert proc.returncode == 0 and proc.stdout == "done\n", proc.stderr
+    assert "Timeout" not in proc.stderr
+
+
+def test_a_step_that_blocks_holding_the_gil_ends_the_process():
+    # ctypes.PyDLL keeps the GIL during the call, as rclpy's rcl_node_fini binding does: no Python
+    # thread could time this out. The deadline is 0.5 s; the call would last 30 s.
+    proc, seconds = run_script(
+        """
+        import ctypes
+        from handpose_ros.shutdown import teardown
+        print("outputs written", flush=True)
+        teardown(lambda: ctypes.PyDLL(None).sleep(30), timeout_s=0.5)
+        print("not reached")
+        """
+    )
+    assert proc.returncode == 1, proc.stderr
+    assert seconds < 20
+    assert proc.stdout == "outputs written\n"
+    assert proc.stderr.startswith("Timeout (0:00:00.500000)!"), proc.stderr
+    assert "in teardown" in proc.stderr  # the stack names where it blocked
+
+
+def test_exit_now_flushes_and_skips_the_interpreters_exit():
+    proc, _ = run_script(
+        """
+        import atexit, sys
+        from handpose_ros.shutdown import exit_now
+        atexit.register(lambda: print("atexit ran"))
+        sys.stdout.write("summary written")  # no newline: still in the buffer
+        exit_now(130)
+        """
+    )
+    assert proc.returncode == 130
+    assert proc.stdout == "summary written"
