@@ -310,6 +310,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             return 2
         except KeyboardInterrupt:
             return 0  # Ctrl-C while the frames were rendered
+        if not rclpy.ok():
+            return 0  # the same, where rclpy's signal handler shut ROS down and raised nothing
         executor = SingleThreadedExecutor()
         executor.add_node(node)
         try:

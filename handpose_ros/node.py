@@ -126,7 +126,8 @@ def _logged(transition):
         try:
             return transition(self, state)
         except Exception:
-            self.get_logger().error(f"{transition.__name__} failed:\n{traceback.format_exc()}")
+            if self.context.ok():  # else Ctrl-C shut ROS down under it (e.g. while the model loaded): no news
+                self.get_logger().error(f"{transition.__name__} failed:\n{traceback.format_exc()}")
             return TransitionCallbackReturn.ERROR
 
     return wrapper
@@ -522,6 +523,8 @@ def main(args: list[str] | None = None) -> int:
             return 2
         except KeyboardInterrupt:
             return 0  # Ctrl-C while the node started (autostart loads the model): a normal way out
+        if not rclpy.ok():
+            return 0  # the same, where rclpy's signal handler shut ROS down and raised nothing
         executor = SingleThreadedExecutor()
         executor.add_node(node)
         try:

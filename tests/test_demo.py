@@ -46,6 +46,13 @@ def demo_env() -> dict[str, str]:
     return env
 
 
+def sigint_as_in_a_terminal() -> None:
+    """preexec_fn: the default SIGINT action, as a program started from a shell prompt has. Where the
+    test runner was started as a background job of a script (CI), SIGINT is ignored, the demo
+    inherits that, and Ctrl-C (the SIGINT below) does nothing: the Ctrl-C test once timed out so."""
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
+
+
 def assert_gone(pid: int) -> None:
     try:
         os.kill(pid, 0)
@@ -128,6 +135,7 @@ def test_ctrl_c_stops_every_child(tmp_path):
         ],
         cwd=ROOT,
         env=demo_env(),
+        preexec_fn=sigint_as_in_a_terminal,
         stdout=subprocess.DEVNULL,
         stderr=subprocess.PIPE,
         text=True,

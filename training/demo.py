@@ -76,13 +76,17 @@ STALL_S = 8.0
 NODE_RESTARTS = 2
 
 # Run by the child's Python before exec'ing the real command: ask the kernel to SIGTERM the child
-# when this (parent) process dies, however it dies. PR_SET_PDEATHSIG = 1; survives execve.
+# when this (parent) process dies, however it dies (PR_SET_PDEATHSIG = 1; survives execve), and
+# give SIGINT its default: a demo started where SIGINT is ignored (a background job of a script)
+# would pass SIG_IGN on, and Python then turns the SIGINT that Children.stop sends first into no
+# KeyboardInterrupt (rclpy's own handler still shuts ROS down, mid-call).
 _PDEATHSIG_EXEC = (
     "import ctypes, os, signal, sys\n"
     "try:\n"
     "    ctypes.CDLL(None, use_errno=True).prctl(1, signal.SIGTERM)\n"
     "except (OSError, AttributeError):\n"
     "    pass\n"
+    "signal.signal(signal.SIGINT, signal.SIG_DFL)\n"
     "os.execv(sys.argv[1], sys.argv[1:])\n"
 )
 
