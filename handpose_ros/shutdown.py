@@ -4,8 +4,7 @@ Why: Fast DDS's TCP transport, which ``FASTDDS_BUILTIN_TRANSPORTS=LARGE_DATA`` t
 then blocks while it deletes a participant: ``rcl_node_fini`` of a process's last node ->
 ``delete_participant`` -> ``TCPChannelResourceBasic::disconnect`` waits on a mutex
 (eProsima/Fast-DDS#2010, open). Seen here on about 1 in 15 Ctrl-C's of the demo's node, still
-blocked when the demo sent SIGTERM 10 s later (native stacks from ``py-spy dump --native``), and as
-a demo that had not exited 60 s after Ctrl-C (a CI run of ``tests/test_demo.py``).
+blocked when the demo sent SIGTERM 10 s later (native stacks from ``py-spy dump --native``).
 
 The blocked call holds the GIL (rclpy's bindings keep it around ``rcl_node_fini``), so no Python
 code runs until it returns: a thread joined with a timeout never wakes up (tried: the node still

@@ -27,8 +27,8 @@ Exit codes: 0 when keypoints arrived in every mode, 1 when a mode got none (or a
 2 for bad options or missing default weights (one line), 130 on Ctrl-C. Child processes are
 always stopped (SIGINT, then SIGTERM, then SIGKILL), also on Ctrl-C, on errors, and if this
 process is killed (they get SIGTERM from the kernel via ``PR_SET_PDEATHSIG`` on Linux). This
-process then ends without deleting its own DDS participant, which can block for a long time
-(:mod:`handpose_ros.shutdown`).
+process then ends without deleting its own DDS participant: that can block
+(:mod:`handpose_ros.shutdown`), and no peer is left to tell.
 
 The ROS domain is random (1-100) unless ``ROS_DOMAIN_ID`` is
 set, so two demos or test runs never hear each other.
