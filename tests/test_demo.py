@@ -209,7 +209,15 @@ def test_a_deaf_node_is_detected_from_its_diagnostics_and_the_wait_returns_why()
         consumer = demo.Consumer(context)
         try:
             assert consumer.input_stall(0.0) is None  # no diagnostics yet: still loading
+            # mute: loaded, images flow here, but no /diagnostics
+            assert consumer.silence(None, 0.0) is None  # still loading
+            assert consumer.silence(time.monotonic(), 0.0) is None  # no image here either
+            consumer._on_image(image)
+            assert consumer.silence(time.monotonic(), 60.0) is None  # not for long enough
+            why = consumer.silence(time.monotonic() - 9.0, 8.0)
+            assert why is not None and "no /diagnostics" in why and "9 s" in why
             consumer._on_diagnostics(diagnostics(0))
+            assert consumer.silence(time.monotonic() - 9.0, 8.0) is None  # it speaks
             consumer._on_image(image)
             assert consumer.input_stall(60.0) is None  # not for long enough
             why = consumer.input_stall(0.0)
@@ -228,3 +236,17 @@ def test_a_deaf_node_is_detected_from_its_diagnostics_and_the_wait_returns_why()
             assert demo._wait(never, 0.2, [], stalled=lambda: None) == "nothing after 0 s"
         finally:
             consumer.close()
+
+
+def test_log_watch_notes_when_the_line_first_appears(tmp_path):
+    log = tmp_path / "node_depth.log"
+    watch = demo.LogWatch(log, "loaded ")
+    assert watch.seen_at() is None  # no log yet
+    log.write_text("[INFO] [handpose]: loading model 'x.pt' on auto\n")
+    assert watch.seen_at() is None
+    before = time.monotonic()
+    log.write_text(log.read_text() + "[INFO] [handpose]: loaded depth model 'x.pt' (...)\n")
+    first = watch.seen_at()
+    assert first is not None and first >= before
+    time.sleep(0.01)
+    assert watch.seen_at() == first  # the first sighting, not the latest

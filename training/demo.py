@@ -297,6 +297,23 @@ class Consumer:
             self.stats = ModeStats()
             self._first_diag_time = None
 
+    def silence(self, loaded_at: float | None, after_s: float) -> str | None:
+        """Why the node looks mute, else None: it loaded its model at ``loaded_at`` (monotonic s,
+        from its log; None: not yet), ``after_s`` seconds ago or more, and has published no
+        /diagnostics since (an active node does every second), while this process receives the
+        camera's images.
+
+        Seen in a ``make demo`` run on a fresh clone (2026-12-06, LARGE_DATA): the depth node logged
+        its model loaded and an image taken, then nothing of it reached this process; the demo
+        waited out ``--startup-timeout`` (60 s) before it restarted the node.
+        """
+        now = time.monotonic()
+        with self._lock:
+            first, last_image = self._first_diag_time, self._last_image_time
+        if loaded_at is None or first is not None or now - loaded_at < after_s or now - last_image > 1.0:
+            return None
+        return f"the node loaded its model {now - loaded_at:.0f} s ago but published no /diagnostics"
+
     def input_stall(self, after_s: float) -> str | None:
         """Why the node looks deaf, else None: it has published /diagnostics for ``after_s``
         seconds, all saying it received no frame, while this process receives the camera's images.
@@ -745,6 +762,24 @@ def _ros_env() -> tuple[dict[str, str], int]:
     return env, domain
 
 
+class LogWatch:
+    """When (time.monotonic()) a line containing ``text`` was first seen in the log file ``path``."""
+
+    def __init__(self, path: Path, text: str) -> None:
+        self.path, self.text = path, text
+        self._seen_at: float | None = None
+
+    def seen_at(self) -> float | None:
+        if self._seen_at is None:
+            try:
+                found = self.text in self.path.read_text(errors="replace")
+            except OSError:
+                found = False
+            if found:
+                self._seen_at = time.monotonic()
+        return self._seen_at
+
+
 def _wait(
     event: threading.Event,
     timeout_s: float,
@@ -857,11 +892,12 @@ def run_mode(
     for attempt in range(1, attempts + 1):
         consumer.reset_for_mode()
         node = children.start(f"{mode} node", node_args, log=log)
+        loaded = LogWatch(log, "loaded ")
         why = _wait(
             consumer.first_keypoints,
             args.startup_timeout,
             [("handpose node", node)],
-            stalled=lambda: consumer.input_stall(STALL_S),
+            stalled=lambda loaded=loaded: consumer.input_stall(STALL_S) or consumer.silence(loaded.seen_at(), STALL_S),
         )
         if why is None:
             break
