@@ -43,7 +43,7 @@ import numpy as np
 
 from bench.common import machine_info
 from handpose_core.atomic import write_json
-from handpose_ros.shutdown import teardown
+from handpose_ros.shutdown import shut_down
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -204,9 +204,7 @@ def run_case(modality: str, model: str, args, frames) -> dict:
         spinner.join(timeout=2.0)
         executor.shutdown()
     finally:
-        # the last node of the context deletes its DDS participant, which can block (handpose_ros.shutdown)
-        steps = [node.destroy_node] if node is not None else []
-        teardown(*steps, lambda: rclpy.try_shutdown(context=context))
+        shut_down(node, context)  # bounded: deleting the DDS participant can block (handpose_ros.shutdown)
         if process.poll() is None:
             process.send_signal(signal.SIGINT)
             try:

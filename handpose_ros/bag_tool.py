@@ -39,7 +39,7 @@ from pathlib import Path
 from typing import Any
 
 from handpose_core.atomic import atomic_write, write_json
-from handpose_ros.shutdown import teardown
+from handpose_ros.shutdown import shut_down, teardown
 
 PROG = "handpose-bag"
 IMAGE_TYPE = "sensor_msgs/msg/Image"
@@ -280,7 +280,7 @@ def record(
             raise BagToolError(f"could not finish {out}: {exc}") from None
         finally:
             executor.shutdown()
-            teardown(node.destroy_node, context.try_shutdown)  # bounded (handpose_ros.shutdown)
+            shut_down(node, context)  # bounded (handpose_ros.shutdown)
     result.missing = [t for t in wanted if subscribed.get(t) is None]
     return result
 

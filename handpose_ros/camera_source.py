@@ -32,7 +32,6 @@ is still published), which saves the serialization of 1 MB per frame.
 from __future__ import annotations
 
 import argparse
-import gc
 import signal
 import sys
 import threading
@@ -50,7 +49,7 @@ from sensor_msgs.msg import CameraInfo, Image, PointCloud2
 from std_msgs.msg import Header
 
 from handpose_ros import conversions as conv
-from handpose_ros.shutdown import teardown
+from handpose_ros.shutdown import shut_down
 
 NODE_NAME = "camera_source"
 DEFAULT_NAMESPACE = "/camera"
@@ -324,9 +323,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             executor.remove_node(node)
         return 0
     finally:
-        # bounded: deleting the DDS participant can block (handpose_ros.shutdown); a node interrupted
-        # while it rendered has no name here: the collector frees it
-        teardown(node.destroy_node if node is not None else gc.collect, rclpy.try_shutdown)
+        shut_down(node)  # bounded: deleting the DDS participant can block (handpose_ros.shutdown)
 
 
 if __name__ == "__main__":

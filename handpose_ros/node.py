@@ -31,7 +31,6 @@ its confidence. ``joint_names`` is read-only: it reports the loaded model's join
 from __future__ import annotations
 
 import functools
-import gc
 import re
 import sys
 import threading
@@ -58,7 +57,7 @@ from handpose_core.geometry import palm_pose
 from handpose_core.keypoints import layout_for
 from handpose_ros import conversions as conv
 from handpose_ros.diagnostics import KindThrottle, PipelineStats, pipeline_status
-from handpose_ros.shutdown import teardown
+from handpose_ros.shutdown import shut_down
 
 NODE_NAME = "handpose"
 BAD_INPUT_LOG_PERIOD_S = 5.0
@@ -536,9 +535,7 @@ def main(args: list[str] | None = None) -> int:
             executor.remove_node(node)
         return 0
     finally:
-        # bounded: deleting the DDS participant can block (handpose_ros.shutdown). A node interrupted
-        # while it started has no name here: the collector frees it, inside the bound too.
-        teardown(node.destroy_node if node is not None else gc.collect, rclpy.try_shutdown)
+        shut_down(node)  # bounded: deleting the DDS participant can block (handpose_ros.shutdown)
 
 
 if __name__ == "__main__":

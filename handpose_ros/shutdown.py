@@ -14,10 +14,11 @@ hung until SIGTERM). The deadline is faulthandler's watchdog, a C thread that ne
 from __future__ import annotations
 
 import faulthandler
+import gc
 import os
 import sys
 from collections.abc import Callable
-from typing import NoReturn
+from typing import Any, NoReturn
 
 TEARDOWN_S = 5.0  # a healthy teardown takes well under a second
 _STDERR_FD = 2  # a descriptor, not sys.stderr: that may be a capture object without one (pytest)
@@ -37,6 +38,19 @@ def teardown(*steps: Callable[[], object], timeout_s: float = TEARDOWN_S) -> Non
             step()
     finally:
         faulthandler.cancel_dump_traceback_later()
+
+
+def shut_down(node: Any | None, context: Any | None = None) -> None:
+    """A program's last ROS 2 step, under :func:`teardown`'s bound: destroy ``node`` (the context's
+    last: this deletes the DDS participant) and shut ``context`` down (None: rclpy's default).
+
+    ``node`` None: the node's constructor raised (Ctrl-C while the node loaded its model or rendered
+    its frames) and the half-built node has no name left; the collector frees it, here, inside the
+    bound, rather than at interpreter exit, outside it.
+    """
+    import rclpy
+
+    teardown(node.destroy_node if node is not None else gc.collect, lambda: rclpy.try_shutdown(context=context))
 
 
 def exit_now(code: int) -> NoReturn:
