@@ -41,7 +41,7 @@ from dataclasses import dataclass
 
 import numpy as np
 import rclpy
-from rclpy.executors import ExternalShutdownException, SingleThreadedExecutor
+from rclpy.executors import SingleThreadedExecutor
 from rclpy.node import Node
 from rclpy.parameter import Parameter
 from rclpy.qos import QoSProfile, ReliabilityPolicy
@@ -49,7 +49,7 @@ from sensor_msgs.msg import CameraInfo, Image, PointCloud2
 from std_msgs.msg import Header
 
 from handpose_ros import conversions as conv
-from handpose_ros.shutdown import shut_down
+from handpose_ros.shutdown import shut_down, stopped_by_shutdown
 
 NODE_NAME = "camera_source"
 DEFAULT_NAMESPACE = "/camera"
@@ -314,11 +314,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         executor = SingleThreadedExecutor()
         executor.add_node(node)
         try:
-            while rclpy.ok() and not node.done.is_set():
-                executor.spin_once(timeout_sec=0.1)
-            time.sleep(0.2)  # let the last messages leave before the node goes
-        except (KeyboardInterrupt, ExternalShutdownException):
-            pass
+            with stopped_by_shutdown():
+                while rclpy.ok() and not node.done.is_set():
+                    executor.spin_once(timeout_sec=0.1)
+                time.sleep(0.2)  # let the last messages leave before the node goes
         finally:
             executor.remove_node(node)
         return 0

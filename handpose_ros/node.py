@@ -44,7 +44,7 @@ from diagnostic_msgs.msg import DiagnosticArray
 from geometry_msgs.msg import PoseStamped
 from rcl_interfaces.msg import FloatingPointRange, ParameterDescriptor, SetParametersResult
 from rclpy.exceptions import InvalidParameterValueException
-from rclpy.executors import ExternalShutdownException, SingleThreadedExecutor
+from rclpy.executors import SingleThreadedExecutor
 from rclpy.lifecycle import LifecycleNode, LifecycleState, TransitionCallbackReturn
 from rclpy.parameter import Parameter
 from rclpy.qos import QoSProfile, ReliabilityPolicy, qos_profile_sensor_data
@@ -57,7 +57,7 @@ from handpose_core.geometry import palm_pose
 from handpose_core.keypoints import layout_for
 from handpose_ros import conversions as conv
 from handpose_ros.diagnostics import KindThrottle, PipelineStats, pipeline_status
-from handpose_ros.shutdown import shut_down
+from handpose_ros.shutdown import shut_down, stopped_by_shutdown
 
 NODE_NAME = "handpose"
 BAD_INPUT_LOG_PERIOD_S = 5.0
@@ -527,9 +527,8 @@ def main(args: list[str] | None = None) -> int:
         executor = SingleThreadedExecutor()
         executor.add_node(node)
         try:
-            executor.spin()
-        except (KeyboardInterrupt, ExternalShutdownException):
-            pass  # Ctrl-C / SIGTERM / rclpy.shutdown(): the normal way out
+            with stopped_by_shutdown():  # Ctrl-C / SIGTERM / rclpy.shutdown(): the normal way out
+                executor.spin()
         finally:
             node.release()
             executor.remove_node(node)

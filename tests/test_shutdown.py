@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from handpose_ros.shutdown import teardown
+from handpose_ros.shutdown import stopped_by_shutdown, teardown
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -41,7 +41,7 @@ def test_a_teardown_that_returns_disarms_the_deadline():
     proc, _ = run_script(
         """
         import time
-        from handpose_ros.shutdown import teardown
+        from handpose_ros.shutdown import stopped_by_shutdown, teardown
         teardown(lambda: None, timeout_s=0.3)
         time.sleep(1.0)  # past the deadline: the process must not be ended
         print("done")
@@ -57,7 +57,7 @@ def test_a_step_that_blocks_holding_the_gil_ends_the_process():
     proc, seconds = run_script(
         """
         import ctypes
-        from handpose_ros.shutdown import teardown
+        from handpose_ros.shutdown import stopped_by_shutdown, teardown
         print("outputs written", flush=True)
         teardown(lambda: ctypes.PyDLL(None).sleep(30), timeout_s=0.5)
         print("not reached")
@@ -82,3 +82,29 @@ def test_exit_now_flushes_and_skips_the_interpreters_exit():
     )
     assert proc.returncode == 130
     assert proc.stdout == "summary written"
+
+
+def test_a_spin_stopped_by_shutdown_ends_quietly_and_other_errors_propagate():
+    """rclpy's signal handler can shut the context down between the executor's ok() and its wait
+    set: that RCLError is a normal way out once the context is down, and an error while it is up."""
+    import rclpy
+    from rclpy.executors import ExternalShutdownException
+    from rclpy.impl.implementation_singleton import rclpy_implementation
+
+    context = rclpy.Context()
+    rclpy.init(context=context)
+    try:
+        with pytest.raises(rclpy_implementation.RCLError):
+            with stopped_by_shutdown(context):
+                raise rclpy_implementation.RCLError("failed to initialize wait set")
+        for exc in (KeyboardInterrupt(), ExternalShutdownException()):
+            with stopped_by_shutdown(context):
+                raise exc
+        with pytest.raises(ValueError):
+            with stopped_by_shutdown(context):
+                raise ValueError("a bug")
+    finally:
+        context.try_shutdown()
+    assert not context.ok()
+    with stopped_by_shutdown(context):  # down now: the same error is a normal way out
+        raise rclpy_implementation.RCLError("the given context is not valid")
