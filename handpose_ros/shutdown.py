@@ -1,6 +1,8 @@
-"""Bounded ROS 2 teardown for the package's programs (node, camera source, bag tool, benchmarks).
+"""How the package's ROS 2 programs (node, camera source, bag tool, benchmarks) end: a spin that a
+shutdown interrupts ends quietly (:func:`stopped_by_shutdown`), and the teardown is bounded
+(:func:`teardown`, :func:`shut_down`).
 
-Why: Fast DDS's TCP transport, which ``FASTDDS_BUILTIN_TRANSPORTS=LARGE_DATA`` turns on, now and
+Why the bound: Fast DDS's TCP transport, which ``FASTDDS_BUILTIN_TRANSPORTS=LARGE_DATA`` turns on, now and
 then blocks while it deletes a participant: ``rcl_node_fini`` of a process's last node ->
 ``delete_participant`` -> ``TCPChannelResourceBasic::disconnect`` waits on a mutex
 (eProsima/Fast-DDS#2010, open). Seen here on about 1 in 15 Ctrl-C's of the demo's node, still
