@@ -302,24 +302,22 @@ def main(argv: Sequence[str] | None = None) -> int:
     rclpy.init(args=["handpose_camera_source", *ros_args])
     node = None
     try:
-        try:
-            node = CameraSource(parameter_overrides=_overrides(args), progress=not args.no_progress)
-        except ValueError as exc:
-            print(f"handpose_camera_source: error: {exc}", file=sys.stderr)
-            return 2
-        except KeyboardInterrupt:
-            return 0  # Ctrl-C while the frames were rendered
-        if not rclpy.ok():
-            return 0  # the same, where rclpy's signal handler shut ROS down and raised nothing
-        executor = SingleThreadedExecutor()
-        executor.add_node(node)
-        try:
-            with stopped_by_shutdown():
+        with stopped_by_shutdown():  # Ctrl-C / SIGTERM, also while the frames are rendered
+            try:
+                node = CameraSource(parameter_overrides=_overrides(args), progress=not args.no_progress)
+            except ValueError as exc:
+                print(f"handpose_camera_source: error: {exc}", file=sys.stderr)
+                return 2
+            if not rclpy.ok():
+                return 0  # rclpy's signal handler shut ROS down while the frames were rendered
+            executor = SingleThreadedExecutor()
+            executor.add_node(node)
+            try:
                 while rclpy.ok() and not node.done.is_set():
                     executor.spin_once(timeout_sec=0.1)
                 time.sleep(0.2)  # let the last messages leave before the node goes
-        finally:
-            executor.remove_node(node)
+            finally:
+                executor.remove_node(node)
         return 0
     finally:
         shut_down(node)  # bounded: deleting the DDS participant can block (handpose_ros.shutdown)

@@ -515,23 +515,23 @@ def main(args: list[str] | None = None) -> int:
     rclpy.init(args=args)
     node = None
     try:
-        try:
-            node = HandPoseNode()
-        except InvalidParameterValueException as exc:
-            print(f"[handpose] invalid parameter: {exc}", file=sys.stderr)
-            return 2
-        except KeyboardInterrupt:
-            return 0  # Ctrl-C while the node started (autostart loads the model): a normal way out
-        if not rclpy.ok():
-            return 0  # the same, where rclpy's signal handler shut ROS down and raised nothing
-        executor = SingleThreadedExecutor()
-        executor.add_node(node)
-        try:
-            with stopped_by_shutdown():  # Ctrl-C / SIGTERM / rclpy.shutdown(): the normal way out
+        # Ctrl-C / SIGTERM / rclpy.shutdown(): the normal way out, also while the node starts
+        # (autostart loads the model)
+        with stopped_by_shutdown():
+            try:
+                node = HandPoseNode()
+            except InvalidParameterValueException as exc:
+                print(f"[handpose] invalid parameter: {exc}", file=sys.stderr)
+                return 2
+            if not rclpy.ok():
+                return 0  # rclpy's signal handler shut ROS down while the node started
+            executor = SingleThreadedExecutor()
+            executor.add_node(node)
+            try:
                 executor.spin()
-        finally:
-            node.release()
-            executor.remove_node(node)
+            finally:
+                node.release()
+                executor.remove_node(node)
         return 0
     finally:
         shut_down(node)  # bounded: deleting the DDS participant can block (handpose_ros.shutdown)

@@ -1,5 +1,5 @@
 """How the package's ROS 2 programs (node, camera source, bag tool, benchmarks) end: a spin that a
-shutdown interrupts ends quietly (:func:`stopped_by_shutdown`), and the teardown is bounded
+shutdown interrupts (or a start) ends quietly (:func:`stopped_by_shutdown`), and the teardown is bounded
 (:func:`teardown`, :func:`shut_down`).
 
 Why the bound: Fast DDS's TCP transport, which ``FASTDDS_BUILTIN_TRANSPORTS=LARGE_DATA`` turns on, now and
@@ -45,7 +45,7 @@ def teardown(*steps: Callable[[], object], timeout_s: float = TEARDOWN_S) -> Non
 
 @contextlib.contextmanager
 def stopped_by_shutdown(context: Any | None = None) -> Iterator[None]:
-    """Ends a block that spins an executor quietly where ROS 2 is being stopped.
+    """Ends a block that starts a node and spins it quietly where ROS 2 is being stopped.
 
     The ways out it takes as normal: Ctrl-C (``KeyboardInterrupt``), SIGTERM or ``rclpy.shutdown()``
     (``ExternalShutdownException``), and an ``RCLError`` raised while ``context`` (None: rclpy's
