@@ -65,3 +65,18 @@ def load_checkpoint(path: str | os.PathLike, map_location: str | torch.device = 
         if key not in blob:
             raise HandPoseError(f"checkpoint {path} lacks the {key!r} entry")
     return blob
+
+
+def update_meta(path: str | os.PathLike, **entries: Any) -> dict[str, Any]:
+    """Set top-level ``meta`` entries of the checkpoint at ``path`` in place; returns the new meta.
+
+    Everything else (model, tensors, step, optimizer state) is written back unchanged, through the
+    same temporary file and rename as :func:`save_checkpoint`, so an interrupted update leaves the
+    old file whole. Used to store held-out figures measured after training (``--record`` of the
+    evaluation tools).
+    """
+    blob = load_checkpoint(path)
+    meta = {**blob["meta"], **entries}
+    save_checkpoint(path, blob["model"]["name"], blob["model"]["config"], blob["state_dict"], meta,
+                    optimizer=blob.get("optimizer"), step=blob.get("step", 0))
+    return meta

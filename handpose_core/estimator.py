@@ -72,8 +72,9 @@ def resolve_checkpoint(name_or_path: str | os.PathLike) -> Path:
         path = Path(str(resources.files("handpose_core") / "weights" / DEFAULT_CHECKPOINTS[key]))
         if not path.is_file():
             raise HandPoseError(
-                f"{key} weights are not installed ({path}); train them with "
-                "`python -m training.train_defaults` or pass a checkpoint path"
+                f"{key} weights are not installed ({path}); train them with `python -m training."
+                f"{'train_deep_prior' if key == 'default:depth' else 'train_cpm'} --export {path}` "
+                "or pass a checkpoint path"
             )
         return path
     return Path(name)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import shutil
 
 import numpy as np
 import pytest
@@ -435,11 +436,19 @@ def test_evaluate_cpm_writes_every_protocol(tmp_path):
     from training.evaluate_cpm import main
 
     ckpt = save_untrained(tmp_path / "tiny.pt", variant="cpm_tiny")
+    shutil.copyfile(ckpt, ckpt.with_name("untouched.pt"))
     out = tmp_path / "eval"
     main([str(ckpt), "--frames", "4", "--pipeline-frames", "2", "--sequences", "2", "--sequence-frames", "3",
           "--hand-free", "4", "--cache-dir", str(tmp_path / "cache"), "--json", str(out / "e.json"),
-          "--plot", str(out / "pck.png"), "--stages-png", str(out / "stages.png")])
+          "--plot", str(out / "pck.png"), "--stages-png", str(out / "stages.png"), "--record"])
     result = json.loads((out / "e.json").read_text())
+    # --record: the headline figures go into the checkpoint's meta, the weights stay as they were
+    before, after = load_checkpoint(ckpt.with_name("untouched.pt")), load_checkpoint(ckpt)
+    held_out = after["meta"]["held_out"]
+    assert held_out["frames"] == 4 and held_out["pck@0.2"] == pytest.approx(result["crops"]["pck@0.2"], abs=1e-4)
+    assert held_out["tracking_pck@0.2"] == pytest.approx(result["tracking"]["pck@0.2"], abs=1e-4)
+    assert held_out["command"].startswith("python -m training.evaluate_cpm " + str(ckpt))
+    assert all(torch.equal(after["state_dict"][k], v) for k, v in before["state_dict"].items())
     assert result["crops"]["frames"] == 4 and 0.0 <= result["crops"]["pck@0.2"] <= 1.0
     assert set(result) >= {"pipeline_depth", "pipeline_search", "tracking", "hand_free"}
     track = result["tracking"]

@@ -617,9 +617,19 @@ def test_evaluate_deep_prior_writes_frames_and_tracking_figures(tmp_path):
     blob = load_checkpoint(path)
     save_checkpoint(tmp_path / "dp2.pt", blob["model"]["name"], blob["model"]["config"], blob["state_dict"],
                     {**blob["meta"], "inference": {"passes": 2}})
-    assert main(["--checkpoint", str(tmp_path / "dp2.pt"), "--n-test", "3", "--sequences", "2",
-                 "--sequence-frames", "4", "--out", str(tmp_path / "ev"), "--no-progress"]) == 0
+    args = ["--checkpoint", str(tmp_path / "dp2.pt"), "--n-test", "3", "--sequences", "2", "--sequence-frames", "4",
+            "--out", str(tmp_path / "ev"), "--no-progress", "--record"]
+    assert main(args) == 0
     figures = json.loads((tmp_path / "ev" / "eval.json").read_text())
+    # --record: the headline figures go into the checkpoint's meta, the weights stay as they were
+    recorded = load_checkpoint(tmp_path / "dp2.pt")
+    held_out = recorded["meta"]["held_out"]
+    assert held_out["n_frames"] == 3 and held_out["mean_error_mm"] == pytest.approx(figures["mean_error_mm"], abs=1e-4)
+    assert held_out["sequences"]["tracked"]["mean_error_mm"] == pytest.approx(
+        figures["tracking"]["tracked"]["mean_error_mm"], abs=1e-4)
+    assert held_out["command"] == "python -m training.evaluate_deep_prior " + " ".join(args)
+    assert recorded["meta"]["inference"] == {"passes": 2}
+    assert all(torch.equal(recorded["state_dict"][k], v) for k, v in blob["state_dict"].items())
     assert figures["n_frames"] == 3 and len(figures["fraction_within"]) == len(figures["thresholds_mm"])
     tracking = figures["tracking"]
     assert tracking["sequences"] == 2 and tracking["frames_per_sequence"] == 4

@@ -50,3 +50,20 @@ def test_editable_install_in_plain_venv(tmp_path):
     out = subprocess.run([str(py), "-c", "import handpose_core; print(handpose_core.HandPoseError.__name__)"],
                          check=True, capture_output=True, text=True).stdout
     assert out.strip() == "HandPoseError"
+
+
+def test_missing_packaged_weights_name_the_command_that_makes_them(monkeypatch):
+    """A wheel built without the weights must say how to make them, with entry points that exist."""
+    import importlib.util
+
+    import pytest
+
+    from handpose_core import HandPoseError, estimator
+
+    monkeypatch.setattr(estimator, "DEFAULT_CHECKPOINTS",
+                        {"default:depth": "missing_depth.pt", "default:rgb": "missing_rgb.pt"})
+    for name, module in (("default:depth", "training.train_deep_prior"), ("default:rgb", "training.train_cpm")):
+        with pytest.raises(HandPoseError, match=f"not installed .*python -m {module} --export .*missing_") as info:
+            estimator.resolve_checkpoint(name)
+        assert "\n" not in str(info.value)
+        assert importlib.util.find_spec(module) is not None

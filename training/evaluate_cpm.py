@@ -23,13 +23,17 @@ Protocols:
 
 PCK@0.2 is normalized by max(w, h) of the GT keypoints' bounding box; AUC is over thresholds
 0..0.5; EPE is in source-image pixels. Writes a JSON, a PCK plot and a stage-by-stage picture of
-the belief maps of one frame (all drawn with OpenCV).
+the belief maps of one frame (all drawn with OpenCV). ``--record`` also stores the headline
+figures, with this command line, in the checkpoint's ``meta["held_out"]`` (rewritten atomically;
+weights unchanged), as the packaged weights carry them.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import shlex
+import sys
 import time
 from pathlib import Path
 
@@ -39,7 +43,7 @@ import torch
 from tqdm import tqdm
 
 from handpose_core.atomic import write_json, write_png
-from handpose_core.checkpoint import load_checkpoint
+from handpose_core.checkpoint import load_checkpoint, update_meta
 from handpose_core.codecs.belief_maps import BeliefMapCodec, InputSpec
 from handpose_core.keypoints import HAND21
 from handpose_core.models import create_model
@@ -200,6 +204,8 @@ def main(argv: list[str] | None = None) -> dict:
     p.add_argument("--stages-png", default="docs/cpm_stages.png", help="stage-by-stage belief maps of one frame")
     p.add_argument("--stage-frame", type=int, default=0, help="held-out frame shown in the stages picture")
     p.add_argument("--threads", type=int, default=0, help="torch CPU threads (0 = default)")
+    p.add_argument("--record", action="store_true",
+                   help="also store the headline figures in the checkpoint's meta['held_out']")
     args = p.parse_args(argv)
     if args.threads > 0:
         torch.set_num_threads(args.threads)
@@ -253,7 +259,31 @@ def main(argv: list[str] | None = None) -> dict:
                          else {}),
                       **({"hand_free": result["hand_free"]} if "hand_free" in result else {}),
                       "model_forward": result["timing"]["model_forward"]}, indent=2))
+    if args.record:
+        update_meta(ckpt, held_out=headline(result, argv if argv is not None else sys.argv[1:]))
+        print(f"recorded the figures in {ckpt}")
     return result
+
+
+def headline(result: dict, argv: list[str]) -> dict:
+    """The figures a checkpoint carries in ``meta["held_out"]``: the crop protocol's PCK/AUC/EPE (the
+    model as the RGB pipeline runs it) and per-stage PCK, PCK@0.2 of whichever other protocols ran,
+    rounded, and the command that made them."""
+    crops = result["crops"]
+    out = {**result["held_out"],
+           "protocol": "crop around the GT 2D keypoints, margin 1.5, model as the RGB pipeline runs it; "
+                       "PCK normalized by max(bbox w, h) of the GT keypoints",
+           **{k: round(crops[k], 4) for k in ("pck@0.2", "auc", "epe_mean_px", "pck@0.2_visible")},
+           **{f"{name}_pck@0.2": round(s["pck@0.2"], 4) for name, s in crops["per_stage"].items()}}
+    for key in ("pipeline_depth", "pipeline_search", "tracking"):
+        if key in result:
+            out[f"{key}_pck@0.2"] = round(result[key]["pck@0.2"], 4)
+    if "tracking" in result:
+        out["tracking_off_hand"] = round(result["tracking"]["off_hand"], 4)
+    if "hand_free" in result:
+        out.update({f"hand_free_{k}": round(v, 4) for k, v in result["hand_free"].items() if k != "crops"})
+    out["command"] = "python -m training.evaluate_cpm " + shlex.join(argv)
+    return out
 
 
 if __name__ == "__main__":

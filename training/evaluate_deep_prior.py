@@ -13,11 +13,16 @@ with every frame searched: mean error, worst joint within 40 mm, predict time an
 frames that took the tracked path.
 
     python -m training.evaluate_deep_prior --checkpoint runs/deep_prior/model.pt --n-test 2000 --out docs
+
+``--record`` also stores the headline figures, with this command line, in the checkpoint's
+``meta["held_out"]`` (the file is rewritten atomically; weights unchanged), as the packaged
+weights carry them.
 """
 
 from __future__ import annotations
 
 import argparse
+import shlex
 import sys
 import time
 from pathlib import Path
@@ -28,8 +33,10 @@ from tqdm import tqdm
 
 from handpose_core import HandPoseEstimator
 from handpose_core.atomic import write_json, write_png
+from handpose_core.checkpoint import update_meta
 from handpose_core.data.synthetic import SynthConfig, SyntheticHands
 from handpose_core.errors import HandPoseError
+from handpose_core.estimator import resolve_checkpoint
 from handpose_core.training.metrics import plot_curves, pose_metrics
 
 TEST_SEED = 1000  # training uses small data seeds; held-out frames come from this one
@@ -111,6 +118,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--sequences", type=int, default=0,
                    help="also run this many moving-hand sequences with and without tracking (0 = off)")
     p.add_argument("--sequence-frames", type=int, default=60, help="frames per sequence (30 fps)")
+    p.add_argument("--record", action="store_true",
+                   help="also store the headline figures in the checkpoint's meta['held_out']")
     p.add_argument("--no-progress", action="store_true")
     args = p.parse_args(argv)
     if args.threads:
@@ -139,7 +148,28 @@ def main(argv: list[str] | None = None) -> int:
             print(f"sequences, {mode}: mean error {r['mean_error_mm']:.2f} mm, within 40 mm "
                   f"{r['frames_within_40mm']:.1%}, tracked {r['tracked_share']:.0%} of frames, "
                   f"predict p50 {r['predict_ms_p50']:.2f} ms (p95 {r['predict_ms_p95']:.2f})")
+    if args.record:
+        path = resolve_checkpoint(args.checkpoint)
+        update_meta(path, held_out=headline(figures, argv if argv is not None else sys.argv[1:]))
+        print(f"recorded the figures in {path}")
     return 0
+
+
+def headline(figures: dict, argv: list[str]) -> dict:
+    """The figures a checkpoint carries in ``meta["held_out"]``: the headline numbers of
+    :func:`evaluate` (and of :func:`tracking_eval` if run), rounded, and the command that made them."""
+    keys = ("n_frames", "mean_error_mm", "median_error_mm", "frames_within_20mm", "frames_within_40mm",
+            "frames_within_80mm", "detection_rate", "test_seed")
+    out = {k: round(figures[k], 4) if isinstance(figures[k], float) else figures[k] for k in keys}
+    if "tracking" in figures:
+        t = figures["tracking"]
+        out["sequences"] = {"sequences": t["sequences"], "frames_per_sequence": t["frames_per_sequence"],
+                            "seed": t["seed"],
+                            **{mode: {k: round(t[mode][k], 4) for k in ("mean_error_mm", "frames_within_40mm",
+                                                                         "tracked_share")}
+                               for mode in ("tracked", "per_frame")}}
+    out["command"] = "python -m training.evaluate_deep_prior " + shlex.join(argv)
+    return out
 
 
 if __name__ == "__main__":

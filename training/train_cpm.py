@@ -137,8 +137,10 @@ def main(argv: list[str] | None = None) -> dict:
         blob = load_checkpoint(result["checkpoint"])
         meta = dict(blob["meta"])
         meta["held_out"] = {"source": d.eval_source, "seed": d.eval_seed, "frames": len(eval_data),
-                            "protocol": "crop around the GT 2D keypoints, margin 1.5; PCK normalized by "
-                                        "max(bbox w, h) of the GT keypoints", **result["eval"]}
+                            "protocol": "crop around the GT 2D keypoints, margin 1.5, the network alone (not "
+                                        "mirror-averaged as the RGB pipeline runs it: `python -m "
+                                        "training.evaluate_cpm CKPT --record` stores those figures); PCK "
+                                        "normalized by max(bbox w, h) of the GT keypoints", **result["eval"]}
         meta["provenance"] = {**meta.get("provenance", {}), "wall_seconds": result["wall_seconds"],
                               "data_seconds": t_data, "torch_threads": torch.get_num_threads()}
         save_checkpoint(args.export, blob["model"]["name"], blob["model"]["config"], blob["state_dict"], meta,

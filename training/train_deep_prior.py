@@ -24,7 +24,6 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from handpose_core.checkpoint import load_checkpoint, save_checkpoint
 from handpose_core.codecs.depth_crop import DepthCropCodec
 from handpose_core.errors import HandPoseError
 from handpose_core.models import create_model
@@ -192,15 +191,6 @@ def recrop_plain(data: CropSet, codec: DepthCropCodec) -> tuple[torch.Tensor, to
     zeros = torch.zeros(n)
     return recrop(crops, labels, torch.zeros(n, 3), zeros, torch.ones(n), torch.zeros(n, dtype=torch.bool),
                   data.big_factor, codec.size)
-
-
-def record_figures(checkpoint: str, figures: dict) -> None:
-    """Store held-out evaluation figures in a checkpoint's metadata (rewritten atomically)."""
-    blob = load_checkpoint(checkpoint)
-    meta = dict(blob["meta"])
-    meta["held_out"] = figures
-    save_checkpoint(checkpoint, blob["model"]["name"], blob["model"]["config"], blob["state_dict"], meta,
-                    step=blob.get("step", 0))
 
 
 if __name__ == "__main__":
