@@ -7,6 +7,7 @@ its origin at the centre of the top-left pixel.
 from __future__ import annotations
 
 import math
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 import numpy as np
@@ -35,8 +36,9 @@ class Intrinsics:
             raise HandPoseError(f"image size must be > 0, got {self.width}x{self.height}")
 
     @classmethod
-    def from_tuple(cls, values, width: int = 640, height: int = 480) -> Intrinsics:
-        """From ``(fx, fy, cx, cy)`` or an :class:`Intrinsics` (returned as is)."""
+    def from_tuple(cls, values: Intrinsics | Sequence[float], width: int = 640, height: int = 480) -> Intrinsics:
+        """From ``(fx, fy, cx, cy)`` px and the image size px, or an :class:`Intrinsics` (returned as
+        is, its own size kept)."""
         if isinstance(values, Intrinsics):
             return values
         try:

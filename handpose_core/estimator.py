@@ -175,7 +175,9 @@ class HandPoseEstimator:
         self._pipeline.reset()
 
     def debug_image(self, image: np.ndarray, poses: list[HandPose]) -> np.ndarray:
-        """(H, W, 3) uint8 RGB picture for ``~/debug_image``: belief maps (CPM) or crop + skeleton."""
+        """uint8 RGB picture for ``~/debug_image``: CPM, the (H, W, 3) input with the belief maps and
+        skeleton drawn in; DeepPrior, the first hand's crop with its skeleton, (3 S, 3 S, 3) for the
+        model's S x S crop (384 x 384 for the packaged weights)."""
         return self._pipeline.debug_image(image, poses)
 
     def close(self) -> None:

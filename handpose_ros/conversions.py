@@ -39,8 +39,9 @@ identical with and without it.
 
 Keypoints
 ---------
-:func:`keypoints_to_pointcloud2`, :func:`keypoints_to_markers` and :func:`pose_to_pose_stamped`
-pack :class:`~handpose_core.HandPose` results; :func:`pointcloud2_to_keypoints` unpacks the cloud
+:func:`keypoints_to_pointcloud2` and :func:`keypoints_to_markers` pack
+:class:`~handpose_core.HandPose` results, :func:`pose_to_pose_stamped` a palm pose from
+:func:`handpose_core.geometry.palm_pose`; :func:`pointcloud2_to_keypoints` unpacks the cloud
 for consumers and tests.
 """
 

@@ -25,6 +25,7 @@ from handpose_core.data.synthetic import (
     SynthConfig,
     SyntheticHands,
     forward_kinematics,
+    matrix_to_quat,
     quat_to_matrix,
     raycast_capsules,
 )
@@ -313,6 +314,21 @@ def test_interpolation_hits_both_ends_and_matrices_are_accepted(many_params):
     np.testing.assert_allclose(forward_kinematics(as_matrix), forward_kinematics(a), atol=1e-6)
     with pytest.raises(HandPoseError):
         HandParams(**{**a.__dict__, "rotation": np.zeros(4)})
+
+
+def test_matrix_to_quat_inverts_quat_to_matrix_in_wxyz_order():
+    """Random rotations and the half-turns (w = 0), where a sign taken from a near-zero difference
+    would flip; the result is (w, x, y, z) with w >= 0, unlike geometry's ROS order."""
+    rng = np.random.default_rng(0)
+    quats = rng.normal(size=(500, 4))
+    quats = np.concatenate([quats, [[0, 1, 0, 0], [0, 0, 1, 0], [0, 0, 0, 1], [0, 0.6, 0.8, 0]]])
+    for q in quats:
+        q = q / np.linalg.norm(q) * (1 if q[0] >= 0 else -1)
+        back = matrix_to_quat(quat_to_matrix(q))
+        assert back[0] >= 0
+        # q and -q are one rotation; at w = 0 both signs are valid
+        assert min(np.abs(back - q).max(), np.abs(back + q).max()) < 1e-9
+    np.testing.assert_allclose(matrix_to_quat(np.diag([1.0, -1.0, -1.0])), [0, 1, 0, 0], atol=1e-12)
 
 
 # -- HDF5 -------------------------------------------------------------------------------------

@@ -38,7 +38,8 @@ class CropBox:
         return (self.cx - h, self.cy - h, self.cx + h, self.cy + h)
 
     def warp(self, input_size: int, rotation_deg: float = 0.0) -> np.ndarray:
-        """(2, 3) float64 affine, source pixels -> crop pixels, rotating the content by ``rotation_deg``."""
+        """(2, 3) float64 affine, source px -> crop px (``input_size`` px square), turning the content
+        by ``rotation_deg`` counter-clockwise as displayed (``cv2.getRotationMatrix2D``'s sense)."""
         scale = input_size / self.side
         theta = np.deg2rad(rotation_deg)
         c, s = np.cos(theta) * scale, np.sin(theta) * scale
@@ -48,7 +49,9 @@ class CropBox:
         return np.hstack([linear, offset[:, None]])
 
     def clipped(self, width: int, height: int) -> CropBox | None:
-        """The box shrunk (keeping it square) to overlap the image; None when it lies outside."""
+        """A square box centred on this box's overlap with the image, its side shrunk to the longer
+        side of that overlap (so on the other axis it can still reach past the image); None when the
+        overlap is under a pixel."""
         x0, y0, x1, y1 = self.xyxy
         ix0, iy0 = max(x0, -0.5), max(y0, -0.5)
         ix1, iy1 = min(x1, width - 0.5), min(y1, height - 0.5)
@@ -60,7 +63,8 @@ class CropBox:
 
 def box_from_keypoints(uv_px: np.ndarray, margin: float = 1.5, valid: np.ndarray | None = None,
                        min_side: float = 16.0) -> CropBox:
-    """Square box around (K, 2) keypoints: side = ``margin`` x the larger extent of their bbox.
+    """Square box around (K, 2) keypoints (px): side = ``margin`` x the larger extent of their bbox,
+    at least ``min_side`` px.
 
     Keypoints that are NaN or where ``valid`` is False are ignored; raises :class:`HandPoseError`
     when none is left.

@@ -104,11 +104,12 @@ class DepthCropCodec:
 
     # -- hand localisation -------------------------------------------------------------------
     def locate(self, depth_mm: np.ndarray, intrinsics: Intrinsics) -> np.ndarray:
-        """Centre of the nearest hand-like object, (3,) float64 mm, optical frame. Raises NoHandError.
+        """Centre of the nearest hand-like object in ``depth_mm`` ((H, W) float32 mm from
+        :func:`depth_to_mm`, 0 = no data), (3,) float64 mm, optical frame. Raises NoHandError.
 
         A layered search on a 1/``search_stride`` image: depth thresholds grow from the nearest
         valid pixel in ``layer_mm`` steps, and every blob of at least ``min_hand_px`` that appears
-        within ``cube_mm`` of the nearest pixel is a candidate, nearest first. A candidate is judged
+        within ``search_depth_mm`` behind the nearest pixel is a candidate, nearest first. A candidate is judged
         on its *slab*: the blob that contains it once the threshold is ``hand_slab_mm`` deeper.
         It is a hand when the slab
 
@@ -123,12 +124,15 @@ class DepthCropCodec:
         qualifies (a hand touching the body, a lone hand in the synthetic data whose slab is cut by
         the crop) the nearest blob of hand size is taken, preferring one that does not touch the
         bottom image edge (an arm or torso entering from below touches it). The seed is then
-        refined by mean shift on the full image inside a sphere of ``cube_mm / 2``.
+        refined by mean shift on the full-resolution frame (every ``refine_stride``-th pixel) over
+        the points within the cube around it, ignoring those behind the slab's isolation cut
+        (:meth:`_refine`).
         """
         return next(self.candidates(depth_mm, intrinsics))
 
     def candidates(self, depth_mm: np.ndarray, intrinsics: Intrinsics) -> Iterator[np.ndarray]:
-        """The search's hand centres, (3,) float64 mm each, best first, lazily: the first is
+        """The search's hand centres in ``depth_mm`` ((H, W) float32 mm from :func:`depth_to_mm`,
+        0 = no data), (3,) float64 mm each, optical frame, best first, lazily: the first is
         :meth:`locate`'s and costs what it does; the later ones (see :meth:`_search_all`), each at
         least ``cube_mm / 4`` from those before it, are searched for only when asked for, by a caller
         that can judge which one holds the hand. Raises NoHandError at the first ``next`` when
@@ -165,8 +169,8 @@ class DepthCropCodec:
     def _search_all(self, small, valid_small, near_mm, min_px, intr):
         """Layered search of :meth:`locate`: yields seeds ((rows, cols) of a blob in ``small``, z limit mm),
         best first: the nearest isolated hand-sized slab; then those held back for the image border
-        and the others, one per object, as deep as the search goes (stopping 300 mm behind the first
-        missed hands behind a near floor strip); the fallback blob only where none qualified. Lazy: the
+        and the others, one per object, down to ``search_depth_mm`` behind the nearest pixel; the
+        fallback blob only where none qualified. Lazy: the
         first seed costs what it did alone.
 
         The z limit is the depth behind which the blob's surroundings start (the isolation cut of an
@@ -340,10 +344,12 @@ class DepthCropCodec:
     def warp_for(
         self, com_xyz_mm: np.ndarray, intrinsics: Intrinsics, cube_mm: float, rotation_deg: float = 0.0
     ) -> np.ndarray:
-        """(2, 3) affine from image pixels to crop pixels for a cube centred at ``com_xyz_mm``."""
+        """(2, 3) affine from image px to crop px for a cube of side ``cube_mm`` (mm) centred at
+        ``com_xyz_mm`` ((3,) mm, optical frame). The crop shows the image turned by ``rotation_deg``
+        counter-clockwise as displayed (``cv2.getRotationMatrix2D``'s sense)."""
         com_uv = intrinsics.project(com_xyz_mm)
         z = float(com_xyz_mm[2])
-        # pixels per crop pixel along each axis: the cube's projected extent maps to `size`
+        # crop pixels per image pixel along each axis: the cube's projected extent maps to `size`
         sx = self.size / (cube_mm * intrinsics.fx / z)
         sy = self.size / (cube_mm * intrinsics.fy / z)
         theta = np.deg2rad(rotation_deg)
@@ -372,8 +378,9 @@ class DepthCropCodec:
         """:meth:`encode` of a frame already converted by :func:`depth_to_mm` ((H, W) float32 mm,
         0 = no data; several crops of one frame convert it once).
 
-        ``com_xyz_mm`` overrides the localisation; ``rotation_deg``, ``scale`` (cube size factor)
-        and ``shift_mm`` (centre jitter) augment.
+        ``com_xyz_mm`` ((3,) mm, optical frame) overrides the localisation; ``rotation_deg`` (as in
+        :meth:`warp_for`), ``scale`` (factor on ``cube_mm``) and ``shift_mm`` ((3,) mm added to the
+        centre) augment.
         """
         com = self.locate(depth_mm, intrinsics) if com_xyz_mm is None else np.asarray(com_xyz_mm, float)
         if shift_mm is not None:

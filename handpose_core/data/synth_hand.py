@@ -14,6 +14,7 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from handpose_core.errors import HandPoseError
+from handpose_core.geometry import rotation_to_quaternion
 
 # --------------------------------------------------------------------------------------------
 # Anatomy tables (metres, degrees). Chains are thumb, index, middle, ring, little.
@@ -188,14 +189,9 @@ def quat_to_matrix(q: np.ndarray) -> np.ndarray:
 
 
 def matrix_to_quat(m: np.ndarray) -> np.ndarray:
-    """(3, 3) rotation matrix -> (4,) unit quaternion (w, x, y, z), w >= 0."""
-    m = np.asarray(m, dtype=np.float64)
-    w = math.sqrt(max(0.0, 1.0 + m[0, 0] + m[1, 1] + m[2, 2])) / 2.0
-    x = math.copysign(math.sqrt(max(0.0, 1.0 + m[0, 0] - m[1, 1] - m[2, 2])) / 2.0, m[2, 1] - m[1, 2])
-    y = math.copysign(math.sqrt(max(0.0, 1.0 - m[0, 0] + m[1, 1] - m[2, 2])) / 2.0, m[0, 2] - m[2, 0])
-    z = math.copysign(math.sqrt(max(0.0, 1.0 - m[0, 0] - m[1, 1] + m[2, 2])) / 2.0, m[1, 0] - m[0, 1])
-    q = np.array([w, x, y, z])
-    return q / np.linalg.norm(q)
+    """(3, 3) rotation matrix -> (4,) unit quaternion (w, x, y, z), w >= 0: this module's order of
+    :func:`handpose_core.geometry.rotation_to_quaternion`, which returns ROS's (x, y, z, w)."""
+    return np.roll(rotation_to_quaternion(m), 1)
 
 
 def quat_mul(a: np.ndarray, b: np.ndarray) -> np.ndarray:

@@ -48,12 +48,12 @@ from handpose_core.models import register_model
 
 
 def fit_pca(poses: np.ndarray, k: int = 30) -> tuple[np.ndarray, np.ndarray]:
-    """Principal components of training poses with numpy SVD.
+    """Principal components of training poses (eigenvectors of their scatter matrix).
 
     poses: (N, J, 3) or (N, J*3) normalized uvd.
     Returns (mean (J*3,), basis (J*3, k)) float32, basis columns orthonormal, largest variance first.
-    When N < k or J*3 < k, the missing columns are filled with further orthonormal directions so
-    the layer keeps its shape.
+    When N < k the missing columns are further orthonormal directions, so the layer keeps its
+    shape. Raises HandPoseError for no poses or k > J*3.
     """
     x = np.asarray(poses, dtype=np.float64).reshape(len(poses), -1)
     if x.shape[0] < 1:

@@ -40,7 +40,8 @@ BACKENDS = ("auto", "torch", "onnxruntime")
 def fold_batch_norm(model: nn.Module) -> nn.Module:
     """An eval-mode copy of ``model`` with each Conv2d -> BatchNorm2d pair folded into the conv.
 
-    Returns ``model`` itself (in eval mode) when it holds no BatchNorm or cannot be traced.
+    Puts ``model`` itself in eval mode too, and returns it (not a copy) when it holds no BatchNorm
+    or cannot be traced.
     """
     model.eval()
     if not any(isinstance(m, nn.BatchNorm2d) for m in model.modules()):

@@ -413,7 +413,8 @@ def draw_crop(crop: np.ndarray, crop_uv: np.ndarray, layout: KeypointLayout, sca
 
 
 def template_pose(layout: KeypointLayout) -> np.ndarray:
-    """(J, 3) normalized uvd of an open right hand, palm to the camera, fingers up (HAND21), else zeros.
+    """(J, 3) normalized uvd of an open hand, fingers up, thumb to the image's left (HAND21), else zeros:
+    a right hand seen from its back, or a left hand palm to the camera.
 
     Used as the mean pose of an untrained checkpoint so its output at least looks like a hand.
     """

@@ -8,8 +8,8 @@ a. ``roi``: a fixed region of interest (x0, y0, x1, y1) source pixels, set by th
 b. tracking: the previous frame's keypoints with ``crop_margin`` (the training crop margin). The
    track is dropped when the mean joint confidence falls below ``track_min_confidence``, when the
    image size changes, or on :meth:`RGBPipeline.reset`; ``track=False`` turns tracking off.
-c. an aligned depth image (``depth`` + ``intrinsics``): the nearest object, found by
-   :meth:`DepthCropCodec.locate`, with a box of ``hand_box_mm`` projected at its depth.
+c. an aligned depth image (``depth`` + ``intrinsics``): the nearest isolated hand-sized object,
+   found by :meth:`DepthCropCodec.locate`, with a box of ``hand_box_mm`` projected at its depth.
 d. search: the whole frame at several scales (each scale assumes the hand spans a fraction of
    the frame's shorter side, ``search_fractions``), belief maps averaged over the scales in
    image coordinates (OpenPose's scale search), then a second pass on the box around the
@@ -34,6 +34,7 @@ depth is the median of the valid depths in a (2 * depth_window + 1)^2 pixel wind
 from __future__ import annotations
 
 import os
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -345,9 +346,13 @@ class RGBPipeline:
         return rgb
 
 
-def draw_skeleton(rgb: np.ndarray, uv_px: np.ndarray, confidence: np.ndarray | None, edges, min_conf: float = 0.0,
-                  thickness: int = 2) -> np.ndarray:
-    """Draw bones and joints in place on an (H, W, 3) uint8 image; one hue per finger."""
+def draw_skeleton(rgb: np.ndarray, uv_px: np.ndarray, confidence: np.ndarray | None,
+                  edges: Sequence[tuple[int, int]], min_conf: float = 0.0, thickness: int = 2) -> np.ndarray:
+    """Draw bones and joints in place on an (H, W, 3) uint8 RGB image and return it; one hue per finger.
+
+    uv_px: (J, 2) px; confidence: (J,) in [0, 1] or None; edges: (parent, child) joint indices.
+    Joints that are NaN or below ``min_conf`` are left out, with their bones.
+    """
     colours = [(255, 255, 255), (255, 80, 80), (255, 200, 0), (80, 220, 80), (0, 180, 255), (200, 80, 255)]
     ok = np.all(np.isfinite(uv_px), axis=1)
     if confidence is not None:

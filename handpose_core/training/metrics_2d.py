@@ -45,8 +45,10 @@ def keypoint_errors(pred_uv: np.ndarray, gt_uv: np.ndarray) -> np.ndarray:
     return np.where(np.isnan(err), np.inf, err)
 
 
-def pck_curve(pred_uv, gt_uv, valid=None, thresholds=DEFAULT_THRESHOLDS) -> np.ndarray:
-    """PCK at each normalized threshold, (T,) in [0, 1]."""
+def pck_curve(pred_uv: np.ndarray, gt_uv: np.ndarray, valid: np.ndarray | None = None,
+              thresholds: np.ndarray = DEFAULT_THRESHOLDS) -> np.ndarray:
+    """PCK at each threshold, (T,) in [0, 1]: pred_uv, gt_uv (N, K, 2) px; valid (N, K) bool;
+    thresholds (T,) as fractions of max(w, h) of each hand's ground-truth bounding box."""
     err = keypoint_errors(pred_uv, gt_uv)
     ok = _valid(valid, err.shape, gt_uv)
     norm = bbox_size(gt_uv, ok)[:, None]
@@ -70,8 +72,9 @@ def evaluate_2d(pred_uv: np.ndarray, gt_uv: np.ndarray, valid: np.ndarray | None
     pred_uv, gt_uv: (N, K, 2) px in the same image; valid: (N, K) bool, labelled joints (they
     define each hand's bounding box); counted: (N, K) bool, the subset of joints to score (e.g.
     only visible ones), default all valid ones.
-    Returns pck (at ``pck_at``), auc (0..max threshold), epe_mean_px, epe_median_px, per_joint
-    {name: {pck, epe_mean_px}}, and the curve (thresholds, pck).
+    Returns frames, keypoints (the counted ones), ``f"pck@{pck_at:g}"`` (e.g. ``pck@0.2``), auc
+    and auc_range (0..max threshold), epe_mean_px, epe_median_px, per_joint {name: {pck,
+    epe_mean_px}}, and the curve {thresholds, pck}.
     """
     err = keypoint_errors(pred_uv, gt_uv)
     labelled = _valid(valid, err.shape, gt_uv)
