@@ -9,13 +9,15 @@ from __future__ import annotations
 import json
 import os
 import tempfile
+from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 import cv2
 import numpy as np
 
 
-def atomic_write(path: str | os.PathLike, write_fn) -> None:
+def atomic_write(path: str | os.PathLike, write_fn: Callable[[str], object]) -> None:
     """Call ``write_fn(tmp_path)`` then rename onto ``path``: readers never see a half file."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -34,7 +36,7 @@ def atomic_write(path: str | os.PathLike, write_fn) -> None:
         raise
 
 
-def write_json(path: str | os.PathLike, data, indent: int = 2) -> None:
+def write_json(path: str | os.PathLike, data: Any, indent: int = 2) -> None:
     """Write ``data`` as JSON (newline-terminated), atomically."""
     text = json.dumps(data, indent=indent) + "\n"
     atomic_write(path, lambda tmp: Path(tmp).write_text(text))

@@ -48,6 +48,7 @@ class Intrinsics:
         return cls(fx, fy, cx, cy, int(width), int(height))
 
     def as_tuple(self) -> tuple[float, float, float, float]:
+        """(fx, fy, cx, cy) px."""
         return (float(self.fx), float(self.fy), float(self.cx), float(self.cy))
 
     def matrix(self) -> np.ndarray:

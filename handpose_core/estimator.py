@@ -16,7 +16,7 @@ import os
 from dataclasses import dataclass, field
 from importlib import resources
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import torch
@@ -24,6 +24,10 @@ import torch
 from handpose_core.camera import Intrinsics
 from handpose_core.checkpoint import load_checkpoint
 from handpose_core.errors import HandPoseError
+
+if TYPE_CHECKING:
+    from handpose_core.pipelines.depth import DepthPipeline
+    from handpose_core.pipelines.rgb import RGBPipeline
 
 DEFAULT_CHECKPOINTS = {"default:depth": "deep_prior_synth.pt", "default:rgb": "cpm_light_synth.pt"}
 
@@ -83,7 +87,9 @@ def resolve_checkpoint(name_or_path: str | os.PathLike) -> Path:
 class HandPoseEstimator:
     """Checkpoint -> hand poses. Build with :meth:`from_checkpoint`."""
 
-    def __init__(self, pipeline, checkpoint: dict[str, Any], device: torch.device) -> None:
+    def __init__(
+        self, pipeline: DepthPipeline | RGBPipeline, checkpoint: dict[str, Any], device: torch.device
+    ) -> None:
         self._pipeline = pipeline
         self.checkpoint_meta: dict[str, Any] = checkpoint["meta"]
         self.model_name: str = checkpoint["model"]["name"]
@@ -91,7 +97,7 @@ class HandPoseEstimator:
 
     @classmethod
     def from_checkpoint(
-        cls, name_or_path: str | os.PathLike, device: str = "auto", precision: str = "fp32",
+        cls, name_or_path: str | os.PathLike, device: str | torch.device = "auto", precision: str = "fp32",
         threads: int = 0, optimize: bool = True, backend: str = "auto", tracking: bool = True,
     ) -> HandPoseEstimator:
         """Load ``default:depth``, ``default:rgb`` or a checkpoint path onto ``device``.
@@ -142,10 +148,12 @@ class HandPoseEstimator:
 
     @property
     def modality(self) -> str:
+        """'depth' or 'rgb': the kind of image the checkpoint's model takes."""
         return self.checkpoint_meta["modality"]
 
     @property
     def joint_names(self) -> tuple[str, ...]:
+        """Names of the J joints each :class:`HandPose` holds, in order."""
         return tuple(self.checkpoint_meta["joint_names"])
 
     def predict(

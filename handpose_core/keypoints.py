@@ -28,6 +28,7 @@ class KeypointLayout:
 
     @property
     def num_joints(self) -> int:
+        """J, the number of joints in the layout."""
         return len(self.joint_names)
 
 

@@ -51,6 +51,7 @@ import array
 import math
 import sys
 from collections.abc import Sequence
+from typing import TYPE_CHECKING
 
 import numpy as np
 from builtin_interfaces.msg import Duration
@@ -61,6 +62,9 @@ from visualization_msgs.msg import Marker, MarkerArray
 
 from handpose_core.errors import HandPoseError
 from handpose_core.keypoints import KeypointLayout, layout_for
+
+if TYPE_CHECKING:
+    from handpose_core.estimator import HandPose
 
 try:  # cv_bridge comes with a full ROS install; the PyPI wheels lack it.
     from cv_bridge import CvBridge as _CvBridge
@@ -426,7 +430,7 @@ def _rgba(values: Sequence[float]) -> ColorRGBA:
 
 
 def keypoints_to_markers(
-    poses: Sequence,
+    poses: Sequence[HandPose],
     header: Header,
     layout: KeypointLayout | None = None,
     min_confidence: float = 0.0,

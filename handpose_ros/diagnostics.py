@@ -11,6 +11,7 @@ import re
 import threading
 import time
 from collections import deque
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import numpy as np
@@ -50,7 +51,7 @@ class PipelineStats:
     Rates are over the window since the previous :meth:`snapshot` (the diagnostics period).
     """
 
-    def __init__(self, clock=time.monotonic) -> None:
+    def __init__(self, clock: Callable[[], float] = time.monotonic) -> None:
         self._clock = clock
         self._lock = threading.Lock()
         self._window_start = clock()
@@ -131,7 +132,7 @@ def problem_kind(message: str) -> str:
 class KindThrottle:
     """Lets one log line per problem kind through every ``period_s`` seconds; counts the rest."""
 
-    def __init__(self, period_s: float = 5.0, clock=time.monotonic) -> None:
+    def __init__(self, period_s: float = 5.0, clock: Callable[[], float] = time.monotonic) -> None:
         self.period_s = float(period_s)
         self._clock = clock
         self._lock = threading.Lock()

@@ -212,6 +212,7 @@ class HandPoseNode(LifecycleNode):
 
     @_logged
     def on_configure(self, state: LifecycleState) -> TransitionCallbackReturn:
+        """Create the output publishers (keypoints, markers, wrist_pose, debug_image, /diagnostics); no model yet."""
         self._outputs = {
             "keypoints": self.create_lifecycle_publisher(PointCloud2, "~/keypoints", 10),
             "markers": self.create_lifecycle_publisher(MarkerArray, "~/markers", 10),
@@ -223,6 +224,7 @@ class HandPoseNode(LifecycleNode):
 
     @_logged
     def on_activate(self, state: LifecycleState) -> TransitionCallbackReturn:
+        """Load the model, start the inference worker, subscribe to image and camera_info, start diagnostics."""
         if not self._load_model():
             return TransitionCallbackReturn.FAILURE
         result = super().on_activate(state)  # enables the lifecycle publishers
@@ -255,22 +257,26 @@ class HandPoseNode(LifecycleNode):
 
     @_logged
     def on_deactivate(self, state: LifecycleState) -> TransitionCallbackReturn:
+        """Unsubscribe, stop the worker and diagnostics timer, free the model; publishers are disabled, kept."""
         self._stop_pipeline()
         return super().on_deactivate(state)
 
     @_logged
     def on_cleanup(self, state: LifecycleState) -> TransitionCallbackReturn:
+        """Destroy the output publishers (back to unconfigured)."""
         self._destroy_publishers()
         return super().on_cleanup(state)
 
     @_logged
     def on_shutdown(self, state: LifecycleState) -> TransitionCallbackReturn:
+        """Stop the pipeline (subscriptions, worker, model) and destroy the publishers."""
         self._stop_pipeline()
         self._destroy_publishers()
         return super().on_shutdown(state)
 
     @_logged
     def on_error(self, state: LifecycleState) -> TransitionCallbackReturn:
+        """Stop the pipeline and destroy the publishers, then go back to unconfigured to allow a retry."""
         self._stop_pipeline()
         self._destroy_publishers()
         return TransitionCallbackReturn.SUCCESS  # back to unconfigured, ready to try again

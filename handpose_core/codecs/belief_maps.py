@@ -116,6 +116,7 @@ class InputSpec:
     border_value: float = 128.0
 
     def to_config(self) -> dict:
+        """Fields as a JSON-able dict (checkpoint meta ``input``); ``InputSpec(**cfg)`` rebuilds it."""
         return {"size": int(self.size), "channel_order": self.channel_order, "scale": float(self.scale),
                 "offset": float(self.offset), "border_value": float(self.border_value)}
 
@@ -151,10 +152,12 @@ class BeliefMapCodec:
             raise HandPoseError(f"sigma_px must be > 0, got {self.sigma_px}")
 
     def to_config(self) -> dict:
+        """Fields as a JSON-able dict (checkpoint meta ``codec``); ``BeliefMapCodec(**cfg)`` rebuilds it."""
         return {"input_size": int(self.input_size), "stride": int(self.stride), "sigma_px": float(self.sigma_px)}
 
     @property
     def map_size(self) -> int:
+        """Side m of the square belief maps, cells: input_size / stride."""
         return self.input_size // self.stride
 
     def cell_centres(self) -> np.ndarray:

@@ -18,6 +18,7 @@ from __future__ import annotations
 
 from collections.abc import Iterator
 from dataclasses import dataclass
+from typing import Any
 
 import cv2
 import numpy as np
@@ -100,6 +101,7 @@ class DepthCropCodec:
     refine_stride: int = 2  # mean shift on every 2nd pixel
 
     def to_config(self) -> dict:
+        """All fields as a dict (checkpoint meta ``codec``); ``DepthCropCodec(**cfg)`` rebuilds it."""
         return {k: getattr(self, k) for k in self.__dataclass_fields__}
 
     # -- hand localisation -------------------------------------------------------------------
@@ -359,7 +361,7 @@ class DepthCropCodec:
         offset = centre - linear @ com_uv
         return np.hstack([linear, offset[:, None]])
 
-    def encode(self, depth: np.ndarray, intrinsics: Intrinsics, **options) -> DepthCrop:
+    def encode(self, depth: np.ndarray, intrinsics: Intrinsics, **options: Any) -> DepthCrop:
         """Depth frame -> :class:`DepthCrop`. Raises :class:`NoHandError` when nothing is in range.
 
         depth: (H, W) uint16 mm or float32 metres. ``options``: those of :meth:`encode_mm`.

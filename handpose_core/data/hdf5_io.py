@@ -32,7 +32,7 @@ import json
 import os
 from collections.abc import Callable, Iterable, Mapping
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import h5py
 import numpy as np
@@ -43,6 +43,10 @@ from handpose_core.codecs.depth_crop import DepthCrop, DepthCropCodec
 from handpose_core.errors import HandPoseError
 from handpose_core.keypoints import HAND21
 
+if TYPE_CHECKING:
+    from handpose_core.data.nyu import NYUFrame
+    from handpose_core.data.synthetic import SynthSample
+
 FORMAT = "handpose-hdf5/1"
 SPLITS = ("train", "test")
 
@@ -52,8 +56,8 @@ SPLITS = ("train", "test")
 # --------------------------------------------------------------------------------------------
 
 
-def encode_frame(codec: DepthCropCodec, sample) -> tuple[DepthCrop, np.ndarray, bool]:
-    """(crop, (3J,) float32 label, com_from_labels) for a :class:`SynthSample` with depth.
+def encode_frame(codec: DepthCropCodec, sample: SynthSample | NYUFrame) -> tuple[DepthCrop, np.ndarray, bool]:
+    """(crop, (3J,) float32 label, com_from_labels) for a :class:`SynthSample` with depth or an NYUFrame.
 
     The cube is centred the way inference centres it (the codec's nearest-object search on the
     depth frame) when that puts every joint inside the cube. Where the search fails or lands

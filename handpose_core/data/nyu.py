@@ -203,7 +203,7 @@ class NYUDataset:
         return NYUFrame(depth, self._xyz_m[index].copy(), self._uvd[index].copy(), self.intrinsics, index, path)
 
 
-def encode_dataset(dataset, codec: DepthCropCodec, progress: bool = True) -> tuple[np.ndarray, np.ndarray]:
+def encode_dataset(dataset: NYUDataset, codec: DepthCropCodec, progress: bool = True) -> tuple[np.ndarray, np.ndarray]:
     """Encode every frame: (crops (N, S, S) float16, labels (N, 3J) float32 normalized uvd).
 
     Each frame is cropped as inference would (the codec's search on the depth frame); where the

@@ -4,12 +4,16 @@ from __future__ import annotations
 
 import os
 from collections.abc import Sequence
+from typing import TYPE_CHECKING
 
 import cv2
 import numpy as np
 
 from handpose_core.checkpoint import atomic_write
 from handpose_core.keypoints import HAND21
+
+if TYPE_CHECKING:
+    from handpose_core.data.synthetic import SynthSample
 
 # One BGR colour per chain (thumb, index, middle, ring, little); the wrist edges use the chain's.
 FINGER_COLOURS_BGR = ((0, 0, 255), (0, 200, 255), (0, 220, 0), (255, 160, 0), (255, 0, 200))
@@ -30,7 +34,8 @@ def colorize_depth(depth_mm: np.ndarray, near_mm: float | None = None, span_mm: 
 
 
 def draw_skeleton(
-    image_bgr: np.ndarray, uv_px: np.ndarray, visible: np.ndarray, scale: float = 1.0, offset=(0.0, 0.0)
+    image_bgr: np.ndarray, uv_px: np.ndarray, visible: np.ndarray, scale: float = 1.0,
+    offset: tuple[float, float] = (0.0, 0.0),
 ) -> None:
     """Draw HAND21 bones and joints in place: visible joints filled, occluded ones hollow.
 
@@ -58,7 +63,7 @@ def _zoom(image: np.ndarray, uv_px: np.ndarray, visible: np.ndarray, size: int) 
     return out
 
 
-def sample_panel(sample, scale: float = 0.5) -> np.ndarray:
+def sample_panel(sample: SynthSample, scale: float = 0.5) -> np.ndarray:
     """One BGR panel: colourised depth | RGB (labels drawn) | RGB zoomed on the hand (labels drawn)."""
     h, w = int(sample.intrinsics.height), int(sample.intrinsics.width)
     size = (int(round(w * scale)), int(round(h * scale)))
@@ -77,7 +82,9 @@ def sample_panel(sample, scale: float = 0.5) -> np.ndarray:
     return panel
 
 
-def contact_sheet(samples: Sequence, path: str | os.PathLike, cols: int = 2, scale: float = 0.5) -> np.ndarray:
+def contact_sheet(
+    samples: Sequence[SynthSample], path: str | os.PathLike, cols: int = 2, scale: float = 0.5
+) -> np.ndarray:
     """Save a PNG grid of ``samples`` and return it (BGR).
 
     Each cell: colourised depth | RGB | RGB zoomed on the hand, with the 2D labels and HAND21

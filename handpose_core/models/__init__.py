@@ -7,6 +7,7 @@ checkpoint stores ``(name, config)`` so a model is rebuilt without pickled class
 from __future__ import annotations
 
 from collections.abc import Callable
+from typing import Any
 
 import torch
 
@@ -33,11 +34,12 @@ def _load_builtin() -> None:
 
 
 def list_models() -> list[str]:
+    """Names of the registered models, sorted."""
     _load_builtin()
     return sorted(_REGISTRY)
 
 
-def create_model(name: str, **config) -> torch.nn.Module:
+def create_model(name: str, **config: Any) -> torch.nn.Module:
     """Build the registered model ``name`` with keyword ``config``."""
     _load_builtin()
     if name not in _REGISTRY:

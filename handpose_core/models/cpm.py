@@ -25,6 +25,8 @@ stem with batch norm and uses 3 stages of 64 channels. Registered variants: ``cp
 
 from __future__ import annotations
 
+from typing import Any
+
 import torch
 from torch import nn
 
@@ -209,6 +211,7 @@ class MirrorAveraged(nn.Module):
         self.model = model
 
     def forward(self, x: torch.Tensor) -> list[torch.Tensor]:
+        """(N, 3, H, W) normalized image -> [B1, ..., BT], each (N, K+1, H/8, W/8), mirror-averaged."""
         n = x.shape[0]
         stages = self.model(torch.cat([x, x.flip(-1)]))
         return [(s[:n] + s[n:].flip(-1)) / 2 for s in stages]
@@ -227,18 +230,18 @@ TINY_CONFIG = dict(num_keypoints=21, stages=2, width=16, stage1_width=16, stage_
 
 
 @register_model("cpm_openpose")
-def cpm_openpose(**config) -> CPM:
+def cpm_openpose(**config: Any) -> CPM:
     """The OpenPose hand network (VGG-19, 6 stages, 128 ch, 368x368 input); loads OpenPose's weights."""
     return CPM(**{**OPENPOSE_CONFIG, **config})
 
 
 @register_model("cpm_light")
-def cpm_light(**config) -> CPM:
+def cpm_light(**config: Any) -> CPM:
     """CPU variant: stride-8 BN stem (16-64 ch), 3 stages of 64 ch with 3x3 stage convs, 96x96 input."""
     return CPM(**{**LIGHT_CONFIG, **config})
 
 
 @register_model("cpm_tiny")
-def cpm_tiny(**config) -> CPM:
+def cpm_tiny(**config: Any) -> CPM:
     """Minimal variant for tests and smoke runs (2 stages, 16 ch, 64x64 input)."""
     return CPM(**{**TINY_CONFIG, **config})

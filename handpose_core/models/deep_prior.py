@@ -36,6 +36,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Sequence
+from typing import Any
 
 import numpy as np
 import torch
@@ -87,6 +88,7 @@ class PCALayer(nn.Module):
         self.bias = nn.Parameter(torch.zeros(dim), requires_grad=trainable)
 
     def forward(self, b: torch.Tensor) -> torch.Tensor:
+        """(N, k) bottleneck -> (N, J, 3) normalized uvd."""
         return nn.functional.linear(b, self.weight, self.bias).view(-1, self.num_joints, 3)
 
     def project(self, poses: torch.Tensor) -> torch.Tensor:
@@ -128,6 +130,7 @@ class BasicBlock(nn.Module):
             self.shortcut = nn.Sequential(nn.Conv2d(cin, cout, 1, stride, bias=False), nn.BatchNorm2d(cout))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """(N, cin, H, W) -> (N, cout, ceil(H / stride), ceil(W / stride))."""
         y = self.act(self.bn1(self.conv1(x)))
         y = self.bn2(self.conv2(y))
         return self.act(y + self.shortcut(x))
@@ -288,6 +291,7 @@ class DeepPrior(nn.Module):
         return self.pca(self.forward_embedding(features))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """(N, 1, S, S) normalized depth crop -> (N, J, 3) normalized uvd."""
         return self.forward_head(self.forward_features(x))
 
 
@@ -295,7 +299,7 @@ class DeepPrior(nn.Module):
 
 
 @register_model("deep_prior_seed")
-def deep_prior_seed(num_joints: int = 21, bottleneck: int = 30, input_size: int = 128, **kwargs) -> DeepPrior:
+def deep_prior_seed(num_joints: int = 21, bottleneck: int = 30, input_size: int = 128, **kwargs: Any) -> DeepPrior:
     """The seed notebook's network (k was 22 there for 14 NYU joints x 2; set ``bottleneck`` to match)."""
     kwargs.setdefault("fc", (1024, 1024))
     kwargs.setdefault("dropout", 0.0)
@@ -303,6 +307,6 @@ def deep_prior_seed(num_joints: int = 21, bottleneck: int = 30, input_size: int 
 
 
 @register_model("deep_prior_res")
-def deep_prior_res(num_joints: int = 21, bottleneck: int = 30, input_size: int = 128, **kwargs) -> DeepPrior:
+def deep_prior_res(num_joints: int = 21, bottleneck: int = 30, input_size: int = 128, **kwargs: Any) -> DeepPrior:
     """The default: residual CPU-sized DeepPrior++ (see the module docstring)."""
     return DeepPrior(backbone="res", num_joints=num_joints, bottleneck=bottleneck, input_size=input_size, **kwargs)

@@ -36,7 +36,7 @@ from __future__ import annotations
 import os
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import cv2
 import numpy as np
@@ -58,6 +58,9 @@ from handpose_core.errors import HandPoseError
 from handpose_core.keypoints import HAND21, layout_for
 from handpose_core.models.cpm import MirrorAveraged
 from handpose_core.models.inference import load_for_inference
+
+if TYPE_CHECKING:
+    from handpose_core.estimator import HandPose
 
 # Defaults of the pipeline's knobs; a checkpoint may override them in meta["pipeline"].
 PIPELINE_DEFAULTS: dict[str, Any] = {
@@ -91,7 +94,7 @@ REFINE_SOURCES = ("depth", "search", "track")
 
 
 def rgb_meta(model_name: str, model_config: dict, codec: BeliefMapCodec, spec: InputSpec,
-             pipeline: dict | None = None, **extra) -> dict[str, Any]:
+             pipeline: dict | None = None, **extra: Any) -> dict[str, Any]:
     """Checkpoint metadata an RGB (CPM) model needs at inference; training adds provenance."""
     meta = {
         "modality": "rgb",
@@ -152,7 +155,7 @@ class RGBPipeline:
 
     def __init__(self, blob: dict[str, Any], device: torch.device, precision: str = "fp32",
                  roi: tuple[float, float, float, float] | None = None, optimize: bool = True,
-                 backend: str = "torch", threads: int = 0, track: bool = True, **overrides) -> None:
+                 backend: str = "torch", threads: int = 0, track: bool = True, **overrides: Any) -> None:
         meta = blob["meta"]
         self.tracking = bool(track)
         self.model, self.dtype = load_for_inference(blob, device, precision, optimize, backend, threads)
@@ -251,7 +254,7 @@ class RGBPipeline:
 
     # -- public ----------------------------------------------------------------------------------
     def predict(self, image: np.ndarray, intrinsics: Intrinsics | None = None,
-                depth: np.ndarray | None = None) -> list:
+                depth: np.ndarray | None = None) -> list[HandPose]:
         """(H, W, 3) uint8 RGB (see module docstring for other inputs) -> list[HandPose] (0 or 1 hand).
 
         intrinsics: needed for 3D and for the depth box; depth: aligned (H, W) uint16 mm / float32 m.
@@ -326,7 +329,7 @@ class RGBPipeline:
                 xyz[j] = intr.backproject(np.array([u, v]), np.median(vals)) / 1000.0
         return xyz
 
-    def debug_image(self, image: np.ndarray, poses: list) -> np.ndarray:
+    def debug_image(self, image: np.ndarray, poses: list[HandPose]) -> np.ndarray:
         """(H, W, 3) uint8 RGB: max over the keypoint maps (JET) blended into each hand's box + skeleton."""
         rgb = as_rgb(image).copy()
         h, w = rgb.shape[:2]

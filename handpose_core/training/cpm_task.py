@@ -440,6 +440,7 @@ class CPMTask:
 
     @property
     def data(self) -> CropSet:
+        """Hand training crops: those given, else the recipe's cached crop set (built on first use)."""
         if self._data is None:
             d = self.recipe.data
             self._data = cached_crop_set(d.source, d.seed, d.frames, d.cache_size, d.cache_margin, d.cache_dir,
@@ -456,6 +457,7 @@ class CPMTask:
         return self._negatives
 
     def build_model(self) -> torch.nn.Module:
+        """Fresh model for the harness to train (channels-last where the recipe says)."""
         from handpose_core.models import create_model
 
         model = create_model(self.model_name, **self.model_config)
@@ -484,6 +486,7 @@ class CPMTask:
         return x, torch.from_numpy(self.codec.encode(np.stack(uv), np.stack(valid)))
 
     def batches(self, start_step: int, batch_size: int, seed: int) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+        """Harness batch source: endless :meth:`make_batch` batches, each drawn by (seed, step)."""
         n = len(self.data)
         share = self.recipe.data.negative_share
         n_free = len(self.negatives) if share > 0 else 0
@@ -498,7 +501,9 @@ class CPMTask:
             yield self.make_batch(indices, rng, hand_free=hand_free)
             step += 1
 
-    def loss(self, model: torch.nn.Module, batch, device: torch.device) -> tuple[torch.Tensor, dict]:
+    def loss(self, model: torch.nn.Module, batch: tuple[torch.Tensor, torch.Tensor], device: torch.device
+             ) -> tuple[torch.Tensor, dict]:
+        """Harness training loss: belief-map MSE (``fg_weight``-weighted) summed over stages; logs each."""
         x, target = (t.to(device, non_blocking=True) for t in batch)
         if self.recipe.channels_last:
             x = x.contiguous(memory_format=torch.channels_last)
@@ -513,6 +518,7 @@ class CPMTask:
         return total, {f"loss_stage{t + 1}": float(v.detach()) for t, v in enumerate(losses)}
 
     def checkpoint_meta(self) -> dict[str, Any]:
+        """RGB checkpoint metadata the harness saves with the weights (:func:`rgb_meta` plus provenance)."""
         from handpose_core.pipelines.rgb import rgb_meta
 
         r = self.recipe

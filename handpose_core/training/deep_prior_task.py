@@ -32,7 +32,7 @@ from collections.abc import Iterator
 from dataclasses import asdict, dataclass, field, replace
 from multiprocessing import get_context
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import torch
@@ -45,6 +45,9 @@ from handpose_core.keypoints import HAND21, layout_for
 from handpose_core.models import create_model
 from handpose_core.models.deep_prior import fit_pca, load_pca
 from handpose_core.training.harness import TrainConfig, use_cpu_bf16
+
+if TYPE_CHECKING:
+    from handpose_core.camera import Intrinsics
 
 log = logging.getLogger(__name__)
 
@@ -264,7 +267,7 @@ class CropSet:
                    np.ones(n, bool), 1.0)
 
 
-def encode_big(codec: DepthCropCodec, depth, xyz_m: np.ndarray, intrinsics, big_factor: float,
+def encode_big(codec: DepthCropCodec, depth: np.ndarray, xyz_m: np.ndarray, intrinsics: Intrinsics, big_factor: float,
                max_offset_mm: float = DeepPriorRecipe.max_search_offset_mm
                ) -> tuple[np.ndarray, np.ndarray, float, bool]:
     """One frame -> (big crop (Sb, Sb), labels (J*3,), centre depth mm, located).
@@ -361,7 +364,7 @@ class DeepPriorTask:
     :meth:`CropSet.plain`). The PCA is fitted on labels drawn the way training draws them.
     """
 
-    def __init__(self, rcp: DeepPriorRecipe, crops, labels: np.ndarray | None = None,
+    def __init__(self, rcp: DeepPriorRecipe, crops: CropSet | np.ndarray, labels: np.ndarray | None = None,
                  codec: DepthCropCodec | None = None, joint_names: tuple[str, ...] = HAND21.joint_names,
                  provenance: dict | None = None, pca_samples: int = 20000) -> None:
         self.recipe = rcp
@@ -437,11 +440,13 @@ class DeepPriorTask:
         return recrop(crops, labels, tt[0], tt[1], tt[2], flip_t, big, size, z_ratio=tt[3])
 
     def build_model(self) -> torch.nn.Module:
+        """Fresh model for the harness to train, its PCA layer loaded with the fitted prior."""
         model = create_model(self.model_name, **self.model_config)
         load_pca(model, self.pca_mean, self.pca_basis)
         return model.to(memory_format=torch.channels_last) if self.recipe.channels_last else model
 
     def batches(self, start_step: int, batch_size: int, seed: int) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+        """Harness batch source: endless (crops (B, 1, S, S), labels (B, J, 3) normalized uvd), by (seed, step)."""
         step = start_step
         while True:
             rng = np.random.default_rng([seed, step])
@@ -449,7 +454,9 @@ class DeepPriorTask:
             yield self._draw(rng, idx)
             step += 1
 
-    def loss(self, model, batch, device) -> tuple[torch.Tensor, dict]:
+    def loss(self, model: torch.nn.Module, batch: tuple[torch.Tensor, torch.Tensor], device: torch.device
+             ) -> tuple[torch.Tensor, dict]:
+        """Harness training loss of one batch (the recipe's ``loss``); logs an approximate error in mm."""
         x, y = (t.to(device, non_blocking=True) for t in batch)
         if self.recipe.channels_last:
             x = x.contiguous(memory_format=torch.channels_last)
@@ -473,6 +480,7 @@ class DeepPriorTask:
         return loss, {"approx_error_mm": float(mm)}
 
     def checkpoint_meta(self) -> dict[str, Any]:
+        """Depth checkpoint metadata the harness saves with the weights: codec, inference, PCA, recipe."""
         return {
             "modality": "depth",
             "joint_names": list(self.joint_names),
