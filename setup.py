@@ -39,6 +39,7 @@ setup(
             "handpose-synth = handpose_core.data.synthetic_cli:main",
             "handpose_camera_source = handpose_ros.camera_source:main",
             "handpose-bag = handpose_ros.bag_tool:main",
+            "handpose-info = handpose_core.checkpoint_info:main",
         ],
     },
 )

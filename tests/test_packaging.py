@@ -37,6 +37,7 @@ def test_wheel_carries_ament_index_launch_and_config(tmp_path):
     assert "handpose_core/estimator.py" in names and "handpose_ros/node.py" in names
     entry_points = zipfile.ZipFile(wheel).read("handpose_ros-0.1.0.dist-info/entry_points.txt").decode()
     assert "handpose_node = handpose_ros.node:main" in entry_points
+    assert "handpose-info = handpose_core.checkpoint_info:main" in entry_points
 
 
 def test_editable_install_in_plain_venv(tmp_path):
@@ -47,6 +48,7 @@ def test_editable_install_in_plain_venv(tmp_path):
     subprocess.run([str(py), "-m", "pip", "install", "-q", "--no-deps", "-e", str(ROOT)], check=True)
     assert (env_dir / "bin" / "handpose_node").is_file()
     assert (env_dir / "bin" / "handpose-synth").is_file()
+    assert (env_dir / "bin" / "handpose-info").is_file()
     out = subprocess.run([str(py), "-c", "import handpose_core; print(handpose_core.HandPoseError.__name__)"],
                          check=True, capture_output=True, text=True).stdout
     assert out.strip() == "HandPoseError"

@@ -1,0 +1,51 @@
+"""``handpose-info``: a checkpoint's model, training, held-out figures and inference settings."""
+
+from __future__ import annotations
+
+import json
+
+from handpose_core.checkpoint import update_meta
+from handpose_core.checkpoint_info import main
+from handpose_core.pipelines.depth import save_untrained
+from handpose_core.pipelines.rgb import save_untrained as save_untrained_rgb
+
+
+def test_packaged_weights_show_their_training_command_and_recorded_figures(capsys):
+    for name, model, figure in (("default:depth", "deep_prior_res", "mean_error_mm"),
+                                ("default:rgb", "cpm_light", "pck@0.2")):
+        assert main([name]) == 0
+        out = capsys.readouterr().out
+        assert f"model      {model} (" in out and "21 joints (wrist, thumb_cmc" in out
+        assert "python -m training.train_" in out and f" {figure} " in out and "measured by: python -m training." in out
+
+
+def test_figures_are_rounded_nested_keys_flattened_and_a_missing_record_said(tmp_path, capsys):
+    path = save_untrained(tmp_path / "dp.pt")
+    assert main([str(path)]) == 0
+    out = capsys.readouterr().out
+    assert "held out   none recorded" in out and "input      128x128 depth crop of a 300 mm cube" in out
+    update_meta(path, held_out={"mean_error_mm": 12.3456789, "sequences": {"tracked": {"mean_error_mm": 9.87654}},
+                                "command": "python -m training.evaluate_deep_prior --record"})
+    assert main([str(path)]) == 0
+    out = capsys.readouterr().out
+    assert "held out   mean_error_mm 12.3457, sequences.tracked.mean_error_mm 9.8765\n" in out
+    assert "measured by: python -m training.evaluate_deep_prior --record" in out
+    block = [line for line in out.splitlines() if line.startswith(("  held out", "  inference", " " * 13))]
+    assert len(block) >= 3 and all(len(line) <= 102 for line in block if "python -m" not in line)
+
+
+def test_json_prints_the_whole_metadata(tmp_path, capsys):
+    path = save_untrained_rgb(tmp_path / "rgb.pt", variant="cpm_tiny")
+    assert main([str(path), "--json"]) == 0
+    info = json.loads(capsys.readouterr().out)
+    assert info["model"]["name"] == "cpm_tiny" and info["meta"]["modality"] == "rgb"
+    assert info["meta"]["input"]["size"] == 64 and info["path"] == str(path)
+
+
+def test_missing_or_foreign_files_give_one_line_and_status_2(tmp_path, capsys):
+    assert main([str(tmp_path / "nope.pt")]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("handpose-info: error: checkpoint not found") and err.count("\n") == 1
+    (tmp_path / "junk.pt").write_bytes(b"not a checkpoint")
+    assert main([str(tmp_path / "junk.pt")]) == 2
+    assert "is not readable" in capsys.readouterr().err
