@@ -44,9 +44,14 @@ def describe(blob: dict[str, Any]) -> list[str]:
     step = training.get("step", blob.get("step", 0))
     minutes = f", {training['elapsed_s'] / 60:.1f} min" if "elapsed_s" in training else ""
     lines.append(f"trained    {step:,} steps{minutes}")
+    first = 0
+    for seg in training.get("resumed_from", []):  # the earlier segments of a resumed run
+        until = f"to {seg['elapsed_s'] / 60:.1f} min"
+        lines.append(f"           steps {first:,}-{seg['step']:,} ({until}): {seg['command']}")
+        first = seg["step"]
     command = meta.get("provenance", {}).get("command")
     if command:
-        lines.append(f"           {command}")
+        lines.append(f"           {f'steps {first:,}-{step:,}: ' if first else ''}{command}")
     held_out = dict(meta.get("held_out", {}))
     if held_out:
         measured_by = held_out.pop("command", None)

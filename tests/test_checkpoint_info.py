@@ -34,6 +34,18 @@ def test_figures_are_rounded_nested_keys_flattened_and_a_missing_record_said(tmp
     assert len(block) >= 3 and all(len(line) <= 102 for line in block if "python -m" not in line)
 
 
+def test_a_resumed_run_lists_the_command_of_each_segment(tmp_path, capsys):
+    path = save_untrained(tmp_path / "dp.pt")
+    update_meta(path, provenance={"command": "train --resume"},
+                training={"step": 300, "elapsed_s": 600.0,
+                          "resumed_from": [{"step": 100, "elapsed_s": 120.0, "command": "train --steps 100"}]})
+    assert main([str(path)]) == 0
+    out = capsys.readouterr().out
+    assert ("trained    300 steps, 10.0 min\n"
+            "             steps 0-100 (to 2.0 min): train --steps 100\n"
+            "             steps 100-300: train --resume\n") in out
+
+
 def test_json_prints_the_whole_metadata(tmp_path, capsys):
     path = save_untrained_rgb(tmp_path / "rgb.pt", variant="cpm_tiny")
     assert main([str(path), "--json"]) == 0

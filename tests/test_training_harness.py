@@ -41,6 +41,11 @@ def test_resume_equals_uninterrupted_run(tmp_path):
         torch.testing.assert_close(a[k], b[k], msg=k)
     assert result["step"] == 4
     assert json.loads((tmp_path / "b" / "result.json").read_text())["step"] == 4
+    # the checkpoint says how it was made: the first segment's hand-over step and limits
+    training = load_checkpoint(tmp_path / "b" / "model.pt")["meta"]["training"]
+    assert [(s["step"], s["steps"]) for s in training["resumed_from"]] == [(2, 2)]
+    assert training["resumed_from"][0]["elapsed_s"] <= training["elapsed_s"]
+    assert "resumed_from" not in load_checkpoint(tmp_path / "a" / "model.pt")["meta"]["training"]
 
 
 def test_checkpoint_meta_records_recipe_and_training(tmp_path):

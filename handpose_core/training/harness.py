@@ -132,6 +132,9 @@ def train(
     scaler = torch.amp.GradScaler("cuda", enabled=use_amp)
 
     start, elapsed_before = 0, 0.0
+    # Each earlier segment of a resumed run, oldest first: its step and time at the hand-over, and
+    # the command and limits it ran under (the checkpoints' provenance names only the last command).
+    segments: list[dict] = []
     last_path = out / "last.pt"
     if cfg.resume and last_path.is_file():
         blob = load_checkpoint(last_path, map_location=device)
@@ -139,7 +142,13 @@ def train(
         if "optimizer" in blob:
             opt.load_state_dict(blob["optimizer"])
         start = int(blob["step"])
-        elapsed_before = float(blob["meta"].get("training", {}).get("elapsed_s", 0.0))
+        before = blob["meta"].get("training", {})
+        elapsed_before = float(before.get("elapsed_s", 0.0))
+        segments = [*before.get("resumed_from", []),
+                    {"step": start, "elapsed_s": round(elapsed_before, 1),
+                     "command": blob["meta"].get("provenance", {}).get("command"),
+                     "steps": before.get("config", {}).get("steps"),
+                     "time_budget_s": before.get("config", {}).get("time_budget_s")}]
         log.info("resumed from %s at step %d", last_path, start)
 
     writer = None
@@ -151,7 +160,8 @@ def train(
     def save(path: Path, step: int, with_optimizer: bool, metrics: dict | None = None) -> None:
         meta = dict(task.checkpoint_meta())
         meta["training"] = {"config": asdict(cfg), "step": step, "elapsed_s": elapsed(),
-                            **({"metrics": metrics} if metrics else {})}
+                            **({"metrics": metrics} if metrics else {}),
+                            **({"resumed_from": segments} if segments else {})}
         save_checkpoint(path, task.model_name, task.model_config, model.state_dict(), meta,
                         optimizer=opt.state_dict() if with_optimizer else None, step=step)
 
