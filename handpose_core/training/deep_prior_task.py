@@ -151,6 +151,9 @@ def recipe(name: str) -> DeepPriorRecipe:
         # steps and 25.3-25.5 mm in earlier runs of nearly this recipe; 4,412 steps and 24.20 mm with
         # the gather; 5,630 steps and 23.43 mm (within 40 mm 47.2 %) with both. 24 min: 8,593 ->
         # 14,619 steps, 2,000 held-out frames 19.82 -> 18.16 mm.
+        # The packaged weights (2026-12-07) are that 24-min run resumed to a 134-min budget
+        # (--time-budget-min 134 --steps 70000 --resume; 55,825 steps): 2,000 held-out frames
+        # 16.89 -> 14.29 mm, within 40 mm 55.3 -> 64.1 %, tracked sequences 13.93 -> 10.91 mm.
         return DeepPriorRecipe(model_config={"dropout": 0.0, "finetune_pca": True, "stem_pool_first": True},
                                bottleneck=40, align="auto", p_gt_centre=0.75,
                                train=TrainConfig(steps=30000, batch_size=64, optimizer="adam", lr=1e-3,
