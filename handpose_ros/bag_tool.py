@@ -39,7 +39,7 @@ from pathlib import Path
 from typing import Any
 
 from handpose_core.atomic import atomic_write, write_json
-from handpose_ros.shutdown import shut_down, teardown
+from handpose_ros.shutdown import shut_down, stopped_by_shutdown, teardown
 
 PROG = "handpose-bag"
 IMAGE_TYPE = "sensor_msgs/msg/Image"
@@ -261,18 +261,18 @@ def record(
     start = time.monotonic()
     next_discovery = 0.0
     try:
-        while context.ok():
-            now = time.monotonic()
-            if duration_s is not None and now - start >= duration_s:
-                break
-            if stop is not None and stop():
-                break
-            if now >= next_discovery:
-                discover()
-                next_discovery = now + 0.2
-            executor.spin_once(timeout_sec=0.05)
-    except KeyboardInterrupt:
-        pass  # Ctrl-C ends a recording normally; the bag is closed below
+        # Ctrl-C / SIGTERM end a recording normally, as they end the node's spin; the bag is closed below
+        with stopped_by_shutdown(context):
+            while context.ok():
+                now = time.monotonic()
+                if duration_s is not None and now - start >= duration_s:
+                    break
+                if stop is not None and stop():
+                    break
+                if now >= next_discovery:
+                    discover()
+                    next_discovery = now + 0.2
+                executor.spin_once(timeout_sec=0.05)
     finally:
         try:
             writer.close()
