@@ -32,8 +32,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import shlex
-import sys
 import time
 from pathlib import Path
 
@@ -58,6 +56,7 @@ from handpose_core.training.cpm_task import (
     predict_crops,
 )
 from handpose_core.training.metrics_2d import bbox_size, evaluate_2d, plot_pck
+from training import command_line
 
 
 def load_model(path: str | Path, device: torch.device):
@@ -260,12 +259,12 @@ def main(argv: list[str] | None = None) -> dict:
                       **({"hand_free": result["hand_free"]} if "hand_free" in result else {}),
                       "model_forward": result["timing"]["model_forward"]}, indent=2))
     if args.record:
-        update_meta(ckpt, held_out=headline(result, argv if argv is not None else sys.argv[1:]))
+        update_meta(ckpt, held_out=headline(result, command_line("training.evaluate_cpm", argv)))
         print(f"recorded the figures in {ckpt}")
     return result
 
 
-def headline(result: dict, argv: list[str]) -> dict:
+def headline(result: dict, command: str) -> dict:
     """The figures a checkpoint carries in ``meta["held_out"]``: the crop protocol's PCK/AUC/EPE (the
     model as the RGB pipeline runs it) and per-stage PCK, PCK@0.2 of whichever other protocols ran,
     rounded, and the command that made them."""
@@ -282,7 +281,7 @@ def headline(result: dict, argv: list[str]) -> dict:
         out["tracking_off_hand"] = round(result["tracking"]["off_hand"], 4)
     if "hand_free" in result:
         out.update({f"hand_free_{k}": round(v, 4) for k, v in result["hand_free"].items() if k != "crops"})
-    out["command"] = "python -m training.evaluate_cpm " + shlex.join(argv)
+    out["command"] = command
     return out
 
 

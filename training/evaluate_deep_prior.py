@@ -22,7 +22,6 @@ weights carry them.
 from __future__ import annotations
 
 import argparse
-import shlex
 import sys
 import time
 from pathlib import Path
@@ -38,6 +37,7 @@ from handpose_core.data.synthetic import SynthConfig, SyntheticHands
 from handpose_core.errors import HandPoseError
 from handpose_core.estimator import resolve_checkpoint
 from handpose_core.training.metrics import plot_curves, pose_metrics
+from training import command_line
 
 TEST_SEED = 1000  # training uses small data seeds; held-out frames come from this one
 
@@ -150,12 +150,12 @@ def main(argv: list[str] | None = None) -> int:
                   f"predict p50 {r['predict_ms_p50']:.2f} ms (p95 {r['predict_ms_p95']:.2f})")
     if args.record:
         path = resolve_checkpoint(args.checkpoint)
-        update_meta(path, held_out=headline(figures, argv if argv is not None else sys.argv[1:]))
+        update_meta(path, held_out=headline(figures, command_line("training.evaluate_deep_prior", argv)))
         print(f"recorded the figures in {path}")
     return 0
 
 
-def headline(figures: dict, argv: list[str]) -> dict:
+def headline(figures: dict, command: str) -> dict:
     """The figures a checkpoint carries in ``meta["held_out"]``: the headline numbers of
     :func:`evaluate` (and of :func:`tracking_eval` if run), rounded, and the command that made them."""
     keys = ("n_frames", "mean_error_mm", "median_error_mm", "frames_within_20mm", "frames_within_40mm",
@@ -168,7 +168,7 @@ def headline(figures: dict, argv: list[str]) -> dict:
                             **{mode: {k: round(t[mode][k], 4) for k in ("mean_error_mm", "frames_within_40mm",
                                                                          "tracked_share")}
                                for mode in ("tracked", "per_frame")}}
-    out["command"] = "python -m training.evaluate_deep_prior " + shlex.join(argv)
+    out["command"] = command
     return out
 
 

@@ -32,8 +32,6 @@ import argparse
 import dataclasses
 import json
 import logging
-import shlex
-import sys
 import time
 from pathlib import Path
 
@@ -42,6 +40,7 @@ import torch
 from handpose_core.checkpoint import load_checkpoint, save_checkpoint
 from handpose_core.training.cpm_task import RECIPES, CPMTask, cached_crop_set, make_evaluator
 from handpose_core.training.harness import train
+from training import command_line
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -111,8 +110,7 @@ def main(argv: list[str] | None = None) -> dict:
         torch.set_num_threads(args.threads)
     torch.set_flush_denormal(True)  # denormal weights/grads can slow CPU convolutions many-fold
     recipe = recipe_from_args(args)
-    command = "python -m training.train_cpm " + " ".join(shlex.quote(a) for a in (sys.argv[1:] if argv is None
-                                                                                 else argv))
+    command = command_line("training.train_cpm", argv)
     t0 = time.perf_counter()
     task = CPMTask(recipe, command=command, recipe_name=args.recipe)
     d = recipe.data

@@ -15,7 +15,6 @@ from __future__ import annotations
 import argparse
 import json
 import logging
-import shlex
 import shutil
 import sys
 import time
@@ -29,6 +28,7 @@ from handpose_core.errors import HandPoseError
 from handpose_core.models import create_model
 from handpose_core.training.deep_prior_task import CropSet, DeepPriorRecipe, DeepPriorTask, recipe, synthetic_crops
 from handpose_core.training.harness import train
+from training import command_line
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -146,8 +146,7 @@ def main(argv: list[str] | None = None) -> int:
     except HandPoseError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
-    provenance["command"] = "python -m training.train_deep_prior " + " ".join(shlex.quote(a) for a in
-                                                                              (argv or sys.argv[1:]))
+    provenance["command"] = command_line("training.train_deep_prior", argv)
     provenance["data_seconds"] = round(time.perf_counter() - t_data, 1)
     try:
         task = DeepPriorTask(rcp, data, codec=codec, joint_names=names, provenance=provenance)
