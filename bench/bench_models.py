@@ -180,7 +180,10 @@ def bench_pipelines(threads_list: list[int], frames: int, repeats: int) -> dict:
         entry: dict = {"frames": frames}
         for threads in threads_list:
             try:
-                estimators = {k: HandPoseEstimator.from_checkpoint(name, device="cpu", threads=threads, **kw)
+                # the stream's hand told, as a user would (a right-hand network mirrors a left one)
+                hand = "left" if samples[0].is_left else "right"
+                estimators = {k: HandPoseEstimator.from_checkpoint(name, device="cpu", threads=threads,
+                                                                   handedness=hand, **kw)
                               for k, kw in variants.items()}
             except HandPoseError as exc:
                 entry = {"skipped": str(exc)}

@@ -110,6 +110,9 @@ def run_case(modality: str, model: str, args, frames) -> dict:
         "-p", "diagnostics_period:=1.0",
         "-p", "publish_markers:=true",
         "-p", f"image_reliability:={args.image_reliability}",
+        # told, as a user would: the depth network learned right hands and a searched frame of an
+        # untold hand would run twice
+        "-p", f"handedness:={'left' if frames[0].is_left else 'right'}",
         "--log-level", "warn",
     ]  # fmt: skip
     log = tempfile.TemporaryFile()

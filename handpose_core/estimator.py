@@ -99,6 +99,7 @@ class HandPoseEstimator:
     def from_checkpoint(
         cls, name_or_path: str | os.PathLike, device: str | torch.device = "auto", precision: str = "fp32",
         threads: int = 0, optimize: bool = True, backend: str = "auto", tracking: bool = True,
+        handedness: str = "auto",
     ) -> HandPoseEstimator:
         """Load ``default:depth``, ``default:rgb`` or a checkpoint path onto ``device``.
 
@@ -113,6 +114,7 @@ class HandPoseEstimator:
                    frame's keypoints place the next crop, and the hand search runs only when the
                    track is lost (see the pipelines). False: every frame on its own. Between
                    unrelated frames call :meth:`reset`.
+        handedness: auto, right or left: which hand is in view (see :attr:`handedness`).
         """
         if precision not in ("fp32", "fp16", "bf16"):
             raise HandPoseError(f"unknown precision {precision!r}; use fp32, fp16 or bf16")
@@ -132,7 +134,7 @@ class HandPoseEstimator:
         if not optimize and backend == "auto":
             backend = "torch"
         pipeline = Pipeline(blob, dev, precision, optimize=optimize, backend=backend, threads=int(threads),
-                            track=bool(tracking))
+                            track=bool(tracking), handedness=handedness)
         return cls(pipeline, blob, dev)
 
     @property
@@ -145,6 +147,24 @@ class HandPoseEstimator:
         if isinstance(model, MirrorAveraged):  # a wrapper around the network that runs
             model = model.model
         return "onnxruntime" if isinstance(model, OrtModule) else "torch"
+
+    @property
+    def hands(self) -> str:
+        """Which hands the checkpoint's network saw: ``both``, or ``right`` (left hands are mirrored
+        before it, as OpenPose feeds its hand network; then :attr:`handedness` matters)."""
+        return self._pipeline.hands
+
+    @property
+    def handedness(self) -> str:
+        """Which hand is in view: ``right``, ``left`` or ``auto`` (a right-hand network runs a frame
+        without a track as each hand and keeps the better fit; then the track keeps that hand).
+        Ignored by a network that saw both hands. ``HandPose.extras["handedness"]`` says which hand a
+        right-hand network took. Setting it forgets the track."""
+        return self._pipeline.handedness
+
+    @handedness.setter
+    def handedness(self, value: str) -> None:
+        self._pipeline.handedness = value
 
     @property
     def modality(self) -> str:

@@ -247,9 +247,11 @@ def import_openpose(source: str | os.PathLike, out_path: str | os.PathLike, mode
     spec = InputSpec(**{**OPENPOSE_INPUT.to_config(), "size": size})
     codec = BeliefMapCodec(input_size=size, stride=8, sigma_px=OPENPOSE_SIGMA_PX * size / 368.0)
     digest = hashlib.sha256(Path(source).read_bytes()).hexdigest()
-    meta = rgb_meta(model_name, config, codec, spec, provenance={
-        "imported_from": str(source), "sha256": digest,
-        "note": "OpenPose hand (Simon et al. 2017); input BGR, x/256 - 0.5, 368 px box, padded with 128",
-    })
+    # OpenPose's hand network is fed right hands (its body detector mirrors the left ones): the RGB
+    # pipeline mirrors a left hand's crop for it (handedness), and never mirror-averages
+    provenance = {"imported_from": str(source), "sha256": digest,
+                  "note": "OpenPose hand (Simon et al. 2017); input BGR, x/256 - 0.5, 368 px box, padded with 128"}
+    meta = rgb_meta(model_name, config, codec, spec, pipeline={"hands": "right", "flip_average": False},
+                    provenance=provenance)
     save_checkpoint(out_path, model_name, config, state, meta)
     return Path(out_path)

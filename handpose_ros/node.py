@@ -23,7 +23,7 @@ publishes, so a slow model never builds a queue. Bad input is reported by one wa
 problem every 5 s, and the frame is skipped.
 
 Parameters ``model``, ``device``, ``precision`` and ``image_reliability`` take effect at the next
-activation; ``publish_markers`` and ``min_confidence`` at once. ``min_confidence`` hides joints
+activation; ``publish_markers``, ``min_confidence`` and ``handedness`` at once. ``min_confidence`` hides joints
 below it from ``~/markers`` and ``~/wrist_pose``; ``~/keypoints`` always carries every joint with
 its confidence. ``joint_names`` is read-only: it reports the loaded model's joints.
 """
@@ -55,6 +55,7 @@ from visualization_msgs.msg import MarkerArray
 from handpose_core.errors import HandPoseError
 from handpose_core.geometry import palm_pose
 from handpose_core.keypoints import layout_for
+from handpose_core.pipelines.hands import HANDEDNESS
 from handpose_ros import conversions as conv
 from handpose_ros.diagnostics import KindThrottle, PipelineStats, pipeline_status
 from handpose_ros.shutdown import shut_down, stopped_by_shutdown
@@ -69,6 +70,7 @@ _ENUMS = {
     "precision": ("fp32", "fp16", "bf16"),
     "image_reliability": ("best_effort", "reliable"),
     "backend": ("auto", "torch", "onnxruntime"),
+    "handedness": HANDEDNESS,
 }
 MODALITY_ENCODINGS = {"depth": conv.DEPTH_ENCODINGS, "rgb": conv.COLOR_ENCODINGS}
 
@@ -82,6 +84,9 @@ PARAMETERS: dict[str, tuple[object, str]] = {
     "threads": (0, "CPU threads for inference (0 = one per core; torch's setting is process-wide)"),
     "tracking": (True, "follow the hand from frame to frame (the hand search runs only when the track is "
                        "lost, and for depth once a second); false: every frame on its own"),
+    "handedness": ("auto", "which hand is in view: right, left or auto. Used by networks trained on right "
+                           "hands (the training recipes' default), which see a left hand mirrored; auto tries "
+                           "both where there is no track and is less accurate than telling it"),
     "autostart": (True, "configure and activate on start-up, without a lifecycle manager"),
     "publish_markers": (True, "publish the RViz skeleton on ~/markers"),
     "min_confidence": (0.0, "joints below this confidence are left out of ~/markers and ~/wrist_pose"),
@@ -436,6 +441,9 @@ class HandPoseNode(LifecycleNode):
         estimator = self._estimator
         if estimator is None:
             return
+        hand = self._param("handedness")
+        if estimator.handedness != hand:  # here, in the one thread that runs the estimator
+            estimator.handedness = hand
         try:
             poses = estimator.predict(frame.image, intrinsics=frame.intrinsics)
         except HandPoseError as exc:

@@ -195,9 +195,12 @@ class FakeEstimator:
         self.calls = 0
         self.debug_calls = 0
         self.closed = False
+        self.handedness = "auto"
+        self.handedness_seen: list[str] = []  # the handedness each predict ran with
 
     def predict(self, image, intrinsics=None, depth=None) -> list[HandPose]:
         self.calls += 1
+        self.handedness_seen.append(self.handedness)
         time.sleep(self.delay_s)
         j = len(self.joint_names)
         xyz = np.stack([np.linspace(-0.05, 0.05, j), 0.05 * np.cos(np.arange(j)), np.full(j, 0.5)], axis=1)

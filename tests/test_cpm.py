@@ -209,8 +209,8 @@ def test_pipeline_refine_reruns_the_crop_on_the_box_its_keypoints_call_for(estim
     calls = []
     real = pipe._predict_box
 
-    def spy(rgb, box):
-        calls.append((box, real(rgb, box)))
+    def spy(rgb, box, hand=None):
+        calls.append((box, real(rgb, box, hand)))
         return calls[-1][1]
 
     pipe._predict_box = spy

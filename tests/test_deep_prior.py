@@ -370,14 +370,17 @@ def test_flip_average_runs_the_final_pass_on_the_crop_and_its_mirror(tmp_path):
     # the recipe writes it where training mirrored crops, and only there
     crops = np.ones((4, 128, 128), np.float16)
     labels = np.zeros((4, 63), np.float32)
-    assert DeepPriorTask(recipe("default"), crops, labels, pca_samples=4).checkpoint_meta()["inference"]["flip_average"]
-    for rcp in (recipe("seed"), replace(recipe("default"), flip_prob=0.0)):
+    both = replace(recipe("default"), hands="both")
+    assert DeepPriorTask(both, crops, labels, pca_samples=4).checkpoint_meta()["inference"]["flip_average"]
+    # not where it mirrored none, nor where it mirrored left hands only (a right-hand network)
+    for rcp in (recipe("seed"), replace(both, flip_prob=0.0), recipe("default")):
         assert not DeepPriorTask(rcp, crops, labels, pca_samples=4).checkpoint_meta()["inference"]["flip_average"]
 
 
 def test_rotation_average_means_the_joints_of_the_turned_crops(tmp_path):
-    """``inference.rotation_average``: the mirror-averaged final pass also runs its crop turned by each
-    angle and averages the joints in the camera frame; without mirroring it is the crop alone."""
+    """``inference.rotation_average``: the averaged final pass also runs its crop turned by each angle
+    (each mirror-averaged where the checkpoint says flip_average) and averages the joints in the
+    camera frame; without averaging it is the crop alone."""
     path = save_untrained(tmp_path / "dp.pt")
     blob = load_checkpoint(path)
     torch.manual_seed(0)
@@ -395,7 +398,7 @@ def test_rotation_average_means_the_joints_of_the_turned_crops(tmp_path):
               for a in (20.0, 5.0, 35.0)]
     xyz_m = np.mean([pipeline.codec.decode_joints(pipeline._run(c, mirror=True), c) for c in turned], axis=0)
     expected = pipeline.codec.encode_joints(xyz_m, crop)
-    got, gap = pipeline._final(depth_mm, sample.intrinsics, crop, 20.0, mirror=True)
+    got, gap = pipeline._final(depth_mm, sample.intrinsics, crop, 20.0, average=True)
     assert np.abs(expected - pipeline._run(crop, mirror=True)).max() > 1e-3  # the turned crops count
     np.testing.assert_allclose(got, expected, atol=1e-4)
     # the mirror gap is the unturned crop's: mean joint distance between its and its mirror's prediction
@@ -404,8 +407,14 @@ def test_rotation_average_means_the_joints_of_the_turned_crops(tmp_path):
         plain = pipeline.model(x)[0].numpy()
         mirrored = pipeline.model(x.flip(-1))[0].numpy() * np.array([-1.0, 1.0, 1.0], np.float32)
     assert gap == pytest.approx(float(np.linalg.norm(plain - mirrored, axis=1).mean()), abs=1e-5) and gap > 1e-3
-    alone, gap = pipeline._final(depth_mm, sample.intrinsics, crop, 20.0, mirror=False)
+    alone, gap = pipeline._final(depth_mm, sample.intrinsics, crop, 20.0, average=False)
     np.testing.assert_allclose(alone, pipeline._run(crop), atol=1e-6)
+    assert gap == 0.0
+    # a network without mirror averaging (one trained on right hands) still averages the turned crops
+    pipeline.flip_average = False
+    xyz_m = np.mean([pipeline.codec.decode_joints(pipeline._run(c), c) for c in turned], axis=0)
+    got, gap = pipeline._final(depth_mm, sample.intrinsics, crop, 20.0, average=True)
+    np.testing.assert_allclose(got, pipeline.codec.encode_joints(xyz_m, crop), atol=1e-4)
     assert gap == 0.0
     for bad in ("abc", ["x"], [float("nan")], 15):  # a clear error at load, not at the first frame
         blob["meta"]["inference"]["rotation_average"] = bad
@@ -478,8 +487,8 @@ def test_aligned_joint_centred_crops_point_the_pair_up():
     assert (np.abs(angle - 90.0) < 45).mean() > 0.08  # searched-centre crops still point anywhere
     with pytest.raises(HandPoseError, match="align"):
         DeepPriorTask(replace(rcp, align=("wrist", "elbow")), np.stack(crops), np.stack(labels), codec)
-    assert task.checkpoint_meta()["inference"] == {"passes": 3, "flip_average": True, "align": [w, m],
-                                                   "rotation_average": [-15.0, 15.0],
+    assert task.checkpoint_meta()["inference"] == {"passes": 3, "flip_average": False, "hands": "right",
+                                                   "align": [w, m], "rotation_average": [-15.0, 15.0],
                                                    "search": {"candidates": 4}}
     # "auto" takes the layout's hand axis; a layout without one (or a single pass) trains unaligned
     auto = DeepPriorTask(replace(rcp, align="auto"), np.stack(crops), np.stack(labels), codec)

@@ -333,6 +333,35 @@ def test_tracking_parameter_reaches_the_estimator(ctx, monkeypatch):
     assert "tracking" in RESTART_PARAMETERS  # the estimator is built with it: a change needs a restart
 
 
+def test_handedness_parameter_reaches_the_estimator_at_once(ctx, monkeypatch, frames):
+    """``handedness`` is checked, and a change reaches the running estimator before its next frame
+    (set in the worker thread, the one that runs it), without a restart."""
+    fake = ru.FakeEstimator()
+    monkeypatch.setattr(HandPoseEstimator, "from_checkpoint", classmethod(lambda cls, *a, **k: fake))
+    node = _make_node(ctx, handedness="left")
+    rig = _Rig(ctx)
+    try:
+        bad = node.set_parameters([Parameter("handedness", value="both")])[0]
+        assert not bad.successful and "not one of auto, right, left" in bad.reason
+        assert "handedness" not in RESTART_PARAMETERS
+        with ru.Spinner(ctx, node, rig.probe.node):
+            rig.wait_connected()
+            image = conv.numpy_to_image(frames[0].depth_mm, "16UC1")
+            rig.info_pub.publish(_camera_info(frames[0]))
+            time.sleep(0.1)  # the depth path needs the intrinsics before its first image
+            image.header = ru.header(1)
+            rig.send(image)
+            rig.keypoints_for(ru.header(1))
+            assert fake.handedness_seen == ["left"]
+            assert node.set_parameters([Parameter("handedness", value="right")])[0].successful
+            image.header = ru.header(2)
+            rig.send(image)
+            rig.keypoints_for(ru.header(2))
+            assert fake.handedness_seen == ["left", "right"]
+    finally:
+        _close(node)
+
+
 def test_lifecycle_frees_model_on_deactivate(ctx, monkeypatch, frames):
     made: list[ru.FakeEstimator] = []
 

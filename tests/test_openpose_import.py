@@ -147,6 +147,7 @@ def test_caffemodel_import_matches_reference_forward(caffemodel, weights, tmp_pa
                              "border_value": 128.0}
     assert len(meta["provenance"]["sha256"]) == 64
     assert meta["pipeline"]["flip_average"] is False  # OpenPose's network is fed right hands: no mirror averaging
+    assert meta["pipeline"]["hands"] == "right"  # ... and a left hand's crop mirrored
     model = create_model(blob["model"]["name"], **blob["model"]["config"])
     model.load_state_dict(blob["state_dict"])
     _outputs_equal(model, weights)

@@ -835,7 +835,7 @@ def run(args: argparse.Namespace) -> int:
     summary: dict = {
         "ok": False,
         "domain_id": domain,
-        "camera": {"rate_hz": args.rate, "frames": args.frames, "seed": args.seed},
+        "camera": {"rate_hz": args.rate, "frames": args.frames, "seed": args.seed, "hand": demo_hand(args.seed)},
         "modes": {},
     }
     consumer = None
@@ -869,6 +869,13 @@ def run(args: argparse.Namespace) -> int:
     return code
 
 
+def demo_hand(seed: int) -> str:
+    """``left`` or ``right``: the hand of the camera source's trajectory for ``seed`` (its first key's)."""
+    from handpose_core.data.synthetic import SyntheticHands
+
+    return "left" if SyntheticHands(seed=seed).sample_params(0).is_left else "right"
+
+
 def run_mode(
     mode: str, model: str, args: argparse.Namespace, out: Path, children: Children, consumer: Consumer
 ) -> dict:
@@ -887,6 +894,11 @@ def run_mode(
     if (ROOT / params).is_file():
         node_args += ["--params-file", str(ROOT / params)]
     node_args += ["-p", f"model:={model}", "-p", f"device:={args.device}"]
+    if mode == "depth":
+        # tell the node the hand, as a user would: a depth network trained on right hands (the default
+        # recipe's) mirrors a left one and cannot tell the hands apart well by itself (the packaged
+        # weights saw both hands and ignore it). The RGB node keeps its file's handedness: auto.
+        node_args += ["-p", f"handedness:={demo_hand(args.seed)}"]
     node_args += ["-r", f"image:={image_topic}", "-r", f"camera_info:={info_topic}"]
     attempts = 1 + NODE_RESTARTS
     for attempt in range(1, attempts + 1):

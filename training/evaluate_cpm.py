@@ -56,7 +56,7 @@ from handpose_core.training.cpm_task import (
     predict_crops,
 )
 from handpose_core.training.metrics_2d import bbox_size, evaluate_2d, plot_pck
-from training import command_line
+from training import HANDEDNESS_PROTOCOLS, command_line, hand_of
 
 
 def load_model(path: str | Path, device: torch.device):
@@ -88,7 +88,7 @@ def time_model(model, size: int, runs: int = 50) -> dict:
             "threads": torch.get_num_threads()}
 
 
-def pipeline_eval(checkpoint: str, seed: int, frames: int) -> dict:
+def pipeline_eval(checkpoint: str, seed: int, frames: int, handedness: str = "known") -> dict:
     """End-to-end figures on full frames (see module docstring)."""
     from handpose_core import HandPoseEstimator
     from handpose_core.data.synthetic import SyntheticHands
@@ -100,7 +100,8 @@ def pipeline_eval(checkpoint: str, seed: int, frames: int) -> dict:
         preds, gts, times, found = [], [], [], 0
         for i in range(frames):
             s = gen[i]
-            est.reset()  # each frame on its own: no tracking between unrelated frames
+            # each frame on its own (setting the hand forgets the track): no tracking between unrelated frames
+            est.handedness = hand_of(s.is_left, handedness)
             t0 = time.perf_counter()
             if mode == "depth":
                 poses = est.predict(s.rgb, s.intrinsics.as_tuple(), depth=s.depth_mm)
@@ -118,7 +119,7 @@ def pipeline_eval(checkpoint: str, seed: int, frames: int) -> dict:
     return out
 
 
-def tracking_eval(checkpoint: str, seed: int, sequences: int, frames: int) -> dict:
+def tracking_eval(checkpoint: str, seed: int, sequences: int, frames: int, handedness: str = "known") -> dict:
     """The ``tracking`` protocol (see module docstring) on ``sequences`` x ``frames`` frames."""
     from handpose_core import HandPoseEstimator
     from handpose_core.data.synthetic import SyntheticHands
@@ -127,8 +128,9 @@ def tracking_eval(checkpoint: str, seed: int, sequences: int, frames: int) -> di
     est = HandPoseEstimator.from_checkpoint(checkpoint, device="cpu")
     preds, gts = [], []
     for q in tqdm(range(sequences), desc="tracking", unit="seq"):
-        est.reset()
-        for s in gen.trajectory(frames, start_index=q):
+        stream = list(gen.trajectory(frames, start_index=q))
+        est.handedness = hand_of(stream[0].is_left, handedness)  # one hand per sequence; forgets the track
+        for s in stream:
             poses = est.predict(s.rgb)
             preds.append(poses[0].uv_px if poses else np.full((21, 2), np.nan, np.float32))
             gts.append(s.uv_px)
@@ -203,6 +205,10 @@ def main(argv: list[str] | None = None) -> dict:
     p.add_argument("--stages-png", default="docs/cpm_stages.png", help="stage-by-stage belief maps of one frame")
     p.add_argument("--stage-frame", type=int, default=0, help="held-out frame shown in the stages picture")
     p.add_argument("--threads", type=int, default=0, help="torch CPU threads (0 = default)")
+    p.add_argument("--handedness", choices=HANDEDNESS_PROTOCOLS, default="known",
+                   help="for a network trained on right hands, in the pipeline and tracking protocols: "
+                        "known = each frame's own hand is told (as OpenPose's body detector tells its "
+                        "hand network); auto = the estimator decides (the crop protocol reports both)")
     p.add_argument("--record", action="store_true",
                    help="also store the headline figures in the checkpoint's meta['held_out']")
     args = p.parse_args(argv)
@@ -217,25 +223,30 @@ def main(argv: list[str] | None = None) -> dict:
     data = cached_crop_set("synthetic", args.seed, args.frames, d.cache_size, d.cache_margin, args.cache_dir, d.workers)
     t_data = time.perf_counter() - t0
     t0 = time.perf_counter()
-    crops_result = evaluate_crop_set(model, codec, spec, data, torch.device("cpu"))
+    right = blob["meta"].get("pipeline", {}).get("hands") == "right"
+    crops_result = evaluate_crop_set(model, codec, spec, data, torch.device("cpu"), "known" if right else "none")
     t_eval = time.perf_counter() - t0
     result = {
         "checkpoint": args.checkpoint, "model": blob["model"], "held_out": {"source": "synthetic", "seed": args.seed,
                                                                  "frames": len(data)},
         "crops": crops_result, "timing": {"model_forward": time_model(model, spec.size), "eval_seconds": t_eval,
                                           "data_seconds": t_data},
+        "hands": "right" if right else "both", "handedness": args.handedness if right else "not used",
     }
+    if right:  # the hand not told: each crop run both ways, the more confident kept
+        auto = evaluate_crop_set(model, codec, spec, data, torch.device("cpu"), "auto")
+        result["crops_auto"] = {k: auto[k] for k in ("pck@0.2", "auc", "epe_mean_px", "handedness_accuracy")}
     if args.pipeline_frames > 0:
-        result.update(pipeline_eval(ckpt, args.seed, args.pipeline_frames))
+        result.update(pipeline_eval(ckpt, args.seed, args.pipeline_frames, args.handedness))
     if args.sequences > 0:
-        result["tracking"] = tracking_eval(ckpt, args.seed, args.sequences, args.sequence_frames)
+        result["tracking"] = tracking_eval(ckpt, args.seed, args.sequences, args.sequence_frames, args.handedness)
     if args.hand_free > 0:
         free = cached_crop_set("synthetic", args.seed, args.hand_free, d.cache_size, d.cache_margin, args.cache_dir,
                                d.workers, negative=True)
         result["hand_free"] = evaluate_hand_free(model, codec, spec, free, torch.device("cpu"),
                                                  cache_margin=d.cache_margin)
     # curves: every stage (crop protocol) and the pipelines
-    crops, gt, _ = held_out_crops(data, spec.size)
+    crops, gt, _ = held_out_crops(data, spec.size, mirror=data.is_left if right else False)
     uv, _, _ = predict_crops(model, codec, spec, crops, torch.device("cpu"))
     curves = {f"stage {t + 1}": evaluate_2d(uv[t], gt, data.valid) for t in range(len(uv))}
     for key, label in (("pipeline_depth", "pipeline (depth)"), ("pipeline_search", "pipeline (search)"),
@@ -249,15 +260,19 @@ def main(argv: list[str] | None = None) -> dict:
     for name, s in crops_result["per_stage"].items():
         table.append(f"| {name} | {s['pck@0.2']:.4f} | {s['auc']:.4f} | {s['epe_mean_px']:.2f} |")
     print("\n".join(table))
-    summary = {k: crops_result[k] for k in ("pck@0.2", "auc", "epe_mean_px", "epe_median_px", "pck@0.2_visible")}
-    print(json.dumps({"crops": summary, **{k: {kk: result[k][kk] for kk in ("pck@0.2", "auc", "detected",
-                                                                               "latency_median_ms")}
-                                             for k in ("pipeline_depth", "pipeline_search") if k in result},
-                      **({"tracking": {k: result["tracking"][k] for k in ("pck@0.2", "epe_mean_px", "detected",
-                                                                           "off_hand")}} if "tracking" in result
-                         else {}),
-                      **({"hand_free": result["hand_free"]} if "hand_free" in result else {}),
-                      "model_forward": result["timing"]["model_forward"]}, indent=2))
+    printed: dict = {"crops": {k: crops_result[k] for k in ("pck@0.2", "auc", "epe_mean_px", "epe_median_px",
+                                                            "pck@0.2_visible")}}
+    if right:
+        printed["crops_auto"] = result["crops_auto"]
+    for k in ("pipeline_depth", "pipeline_search"):
+        if k in result:
+            printed[k] = {kk: result[k][kk] for kk in ("pck@0.2", "auc", "detected", "latency_median_ms")}
+    if "tracking" in result:
+        printed["tracking"] = {k: result["tracking"][k] for k in ("pck@0.2", "epe_mean_px", "detected", "off_hand")}
+    if "hand_free" in result:
+        printed["hand_free"] = result["hand_free"]
+    printed["model_forward"] = result["timing"]["model_forward"]
+    print(json.dumps(printed, indent=2))
     if args.record:
         update_meta(ckpt, held_out=headline(result, command_line("training.evaluate_cpm", argv)))
         print(f"recorded the figures in {ckpt}")
@@ -270,10 +285,14 @@ def headline(result: dict, command: str) -> dict:
     rounded, and the command that made them."""
     crops = result["crops"]
     out = {**result["held_out"],
-           "protocol": "crop around the GT 2D keypoints, margin 1.5, model as the RGB pipeline runs it; "
-                       "PCK normalized by max(bbox w, h) of the GT keypoints",
+           "protocol": "crop around the GT 2D keypoints, margin 1.5, model as the RGB pipeline runs it"
+                       + ("; left hands mirrored (the hand told)" if result.get("hands") == "right" else "")
+                       + "; PCK normalized by max(bbox w, h) of the GT keypoints",
            **{k: round(crops[k], 4) for k in ("pck@0.2", "auc", "epe_mean_px", "pck@0.2_visible")},
            **{f"{name}_pck@0.2": round(s["pck@0.2"], 4) for name, s in crops["per_stage"].items()}}
+    if "crops_auto" in result:
+        out["crops_auto_pck@0.2"] = round(result["crops_auto"]["pck@0.2"], 4)
+    out["handedness"] = result.get("handedness", "not used")
     for key in ("pipeline_depth", "pipeline_search", "tracking"):
         if key in result:
             out[f"{key}_pck@0.2"] = round(result[key]["pck@0.2"], 4)

@@ -37,26 +37,29 @@ from handpose_core.data.synthetic import SynthConfig, SyntheticHands
 from handpose_core.errors import HandPoseError
 from handpose_core.estimator import resolve_checkpoint
 from handpose_core.training.metrics import plot_curves, pose_metrics
-from training import command_line
+from training import HANDEDNESS_PROTOCOLS, command_line, hand_of
 
 TEST_SEED = 1000  # training uses small data seeds; held-out frames come from this one
 
 
 def evaluate(checkpoint: str, n_test: int, seed: int = TEST_SEED, device: str = "cpu",
-             progress: bool = True) -> dict:
+             progress: bool = True, handedness: str = "known") -> dict:
     """Figures of ``checkpoint`` on ``n_test`` synthetic frames of generator ``seed`` (see module doc)."""
     # unrelated frames: no tracking from one to the next
     est = HandPoseEstimator.from_checkpoint(checkpoint, device=device, tracking=False)
     gen = SyntheticHands(SynthConfig(render_rgb=False), seed=seed)
     preds, gts, found = [], [], []
-    t_predict = []
+    t_predict, hand_right = [], []
     for i in tqdm(range(n_test), desc="evaluate", disable=not progress, unit="frame"):
         sample = gen[i]
+        est.handedness = hand_of(sample.is_left, handedness)
         t0 = time.perf_counter()
         poses = est.predict(sample.depth_mm, sample.intrinsics)
         t_predict.append(time.perf_counter() - t0)
         gts.append(sample.xyz_m * 1000.0)
         found.append(bool(poses))
+        if poses and poses[0].extras.get("handedness"):
+            hand_right.append(poses[0].extras["handedness"] == ("left" if sample.is_left else "right"))
         preds.append(poses[0].xyz_m * 1000.0 if poses else np.full_like(sample.xyz_m, np.nan))
     pred, gt, found = np.asarray(preds), np.asarray(gts), np.asarray(found)
     if not found.any():
@@ -72,12 +75,15 @@ def evaluate(checkpoint: str, n_test: int, seed: int = TEST_SEED, device: str = 
         "n_frames": int(len(found)), "detection_rate": float(found.mean()), "test_seed": seed,
         "checkpoint": str(checkpoint), "model": est.model_name,
         "predict_ms_p50": float(np.median(t_predict) * 1e3), "device": str(est.device),
+        "hands": est.hands, "handedness": handedness if est.hands == "right" else "not used",
     })
+    if handedness == "auto" and hand_right:
+        figures["handedness_accuracy"] = float(np.mean(hand_right))
     return figures
 
 
 def tracking_eval(checkpoint: str, sequences: int, frames: int, seed: int = TEST_SEED, device: str = "cpu",
-                  progress: bool = True) -> dict:
+                  progress: bool = True, handedness: str = "known") -> dict:
     """The ``tracking`` protocol (module doc): {"tracked": figures, "per_frame": figures, ...}."""
     gen = SyntheticHands(SynthConfig(render_rgb=False), seed=seed)
     streams = [list(gen.trajectory(frames, start_index=q)) for q in range(sequences)]
@@ -86,7 +92,7 @@ def tracking_eval(checkpoint: str, sequences: int, frames: int, seed: int = TEST
         est = HandPoseEstimator.from_checkpoint(checkpoint, device=device, tracking=tracking)
         errors, times, tracked = [], [], 0
         for stream in tqdm(streams, desc=f"sequences, {mode}", disable=not progress, unit="seq"):
-            est.reset()
+            est.handedness = hand_of(stream[0].is_left, handedness)  # one hand per sequence; resets
             for s in stream:
                 t0 = time.perf_counter()
                 poses = est.predict(s.depth_mm, s.intrinsics)
@@ -118,6 +124,9 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--sequences", type=int, default=0,
                    help="also run this many moving-hand sequences with and without tracking (0 = off)")
     p.add_argument("--sequence-frames", type=int, default=60, help="frames per sequence (30 fps)")
+    p.add_argument("--handedness", choices=HANDEDNESS_PROTOCOLS, default="known",
+                   help="for a network trained on right hands: known = each frame's own hand is told "
+                        "(as on the one-hand benchmarks NYU, ICVL, MSRA); auto = the estimator decides")
     p.add_argument("--record", action="store_true",
                    help="also store the headline figures in the checkpoint's meta['held_out']")
     p.add_argument("--no-progress", action="store_true")
@@ -128,10 +137,11 @@ def main(argv: list[str] | None = None) -> int:
         print("error: --n-test must be > 0", file=sys.stderr)
         return 2
     try:
-        figures = evaluate(args.checkpoint, args.n_test, args.seed, args.device, not args.no_progress)
+        figures = evaluate(args.checkpoint, args.n_test, args.seed, args.device, not args.no_progress,
+                           args.handedness)
         if args.sequences > 0:
             figures["tracking"] = tracking_eval(args.checkpoint, args.sequences, args.sequence_frames,
-                                                args.seed + 1, args.device, not args.no_progress)
+                                                args.seed + 1, args.device, not args.no_progress, args.handedness)
     except HandPoseError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
@@ -159,7 +169,7 @@ def headline(figures: dict, command: str) -> dict:
     """The figures a checkpoint carries in ``meta["held_out"]``: the headline numbers of
     :func:`evaluate` (and of :func:`tracking_eval` if run), rounded, and the command that made them."""
     keys = ("n_frames", "mean_error_mm", "median_error_mm", "frames_within_20mm", "frames_within_40mm",
-            "frames_within_80mm", "detection_rate", "test_seed")
+            "frames_within_80mm", "detection_rate", "test_seed", "handedness")
     out = {k: round(figures[k], 4) if isinstance(figures[k], float) else figures[k] for k in keys}
     if "tracking" in figures:
         t = figures["tracking"]

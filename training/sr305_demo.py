@@ -38,12 +38,15 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--data", default="../shared/data/sr305", help="folder holding the SR305 sequences")
     p.add_argument("--out", default="docs/deep_prior_sr305.png", help="picture to write")
     p.add_argument("--columns", type=int, default=5, help="tiles per row")
+    p.add_argument("--handedness", choices=("right", "left", "auto"), default="right",
+                   help="the hand in the frames (the stored SR305 frames are of a right hand, per their README)")
     args = p.parse_args(argv)
     frames = sorted(Path(args.data).glob("*/*.png"), key=lambda f: (f.parent.name, int(f.stem)))
     if not frames:
         print(f"error: no PNG frames under {args.data}", file=sys.stderr)
         return 2
-    est = HandPoseEstimator.from_checkpoint(args.checkpoint, device="cpu", tracking=False)  # a search on every frame
+    # a search on every frame
+    est = HandPoseEstimator.from_checkpoint(args.checkpoint, device="cpu", tracking=False, handedness=args.handedness)
     tiles, found = [], 0
     for path in frames:
         depth_m = load_sr305(path)

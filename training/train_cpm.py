@@ -61,6 +61,9 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--seed", type=int, help="training seed (batches, init)")
     g.add_argument("--sigma", type=float, help="Gaussian target std, input pixels")
     g.add_argument("--fg-weight", type=float, help="foreground weight of the L2 loss (0 = plain L2)")
+    g.add_argument("--hands", choices=("right", "both"),
+                   help="right: left hands' crops mirrored, the network learns right hands and the estimator "
+                        "is told the hand (cpm_light's default); both: crops as they come, any hand at once")
     g.add_argument("--device", default=None, help="auto | cpu | cuda | cuda:N")
     g.add_argument("--threads", type=int, default=0, help="torch CPU threads (0 = torch default)")
     g.add_argument("--resume", action="store_true", help="continue from <out>/last.pt")
@@ -98,7 +101,8 @@ def recipe_from_args(args: argparse.Namespace):
         "eval_frames": args.eval_frames, "cache_dir": args.cache_dir, "workers": args.workers,
         "negatives": args.negatives, "negative_share": args.negative_share, "eval_negatives": args.eval_negatives,
     }.items() if v is not None}
-    recipe_fields = {k: v for k, v in {"sigma_px": args.sigma, "fg_weight": args.fg_weight}.items() if v is not None}
+    recipe_fields = {k: v for k, v in {"sigma_px": args.sigma, "fg_weight": args.fg_weight,
+                                       "hands": args.hands}.items() if v is not None}
     return dataclasses.replace(base, train=dataclasses.replace(base.train, **train_fields),
                                data=dataclasses.replace(base.data, **data_fields), **recipe_fields)
 

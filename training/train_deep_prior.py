@@ -52,6 +52,9 @@ def build_parser() -> argparse.ArgumentParser:
                    help="turn the second pass's crop so that joint A -> joint B points up (e.g. wrist,middle_mcp), "
                         "as the model learns on its joint-centred crops; 'auto': the joint layout's wrist-to-palm "
                         "axis; 'none': off (default: the recipe's; default recipe auto, seed none)")
+    p.add_argument("--hands", choices=("right", "both"),
+                   help="right: left hands' crops mirrored, the network learns right hands and the estimator "
+                        "is told the hand (default recipe); both: random mirroring, any hand at once (seed recipe)")
     p.add_argument("--time-budget-min", type=float, default=0.0, help="stop after this many minutes (0 = off)")
     p.add_argument("--device", default="auto", help="auto | cpu | cuda | cuda:N")
     p.add_argument("--threads", type=int, default=0, help="CPU threads for torch (0 = torch's default)")
@@ -115,6 +118,8 @@ def main(argv: list[str] | None = None) -> int:
     cfg.eval_every = max(1000, cfg.steps // 10)
     if args.input_size is not None:
         rcp.input_size = args.input_size
+    if args.hands is not None:
+        rcp.hands = args.hands
     if args.model_config:
         try:
             extra = json.loads(args.model_config)

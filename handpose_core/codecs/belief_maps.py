@@ -37,13 +37,21 @@ class CropBox:
         h = self.side / 2.0
         return (self.cx - h, self.cy - h, self.cx + h, self.cy + h)
 
-    def warp(self, input_size: int, rotation_deg: float = 0.0) -> np.ndarray:
+    def warp(self, input_size: int, rotation_deg: float = 0.0, mirrored: bool = False) -> np.ndarray:
         """(2, 3) float64 affine, source px -> crop px (``input_size`` px square), turning the content
-        by ``rotation_deg`` counter-clockwise as displayed (``cv2.getRotationMatrix2D``'s sense)."""
+        by ``rotation_deg`` counter-clockwise as displayed (``cv2.getRotationMatrix2D``'s sense).
+
+        ``mirrored`` also flips the crop left-right (crop u -> input_size - 1 - u, after the turn):
+        a left hand then looks like a right hand, for a network trained on right hands only. The
+        flip is part of the warp, so :func:`warp_points` maps the mirrored crop's keypoints back to
+        the source image without a separate step.
+        """
         scale = input_size / self.side
         theta = np.deg2rad(rotation_deg)
         c, s = np.cos(theta) * scale, np.sin(theta) * scale
         linear = np.array([[c, s], [-s, c]])
+        if mirrored:
+            linear[0] *= -1.0
         centre = np.full(2, (input_size - 1) / 2.0)
         offset = centre - linear @ np.array([self.cx, self.cy])
         return np.hstack([linear, offset[:, None]])

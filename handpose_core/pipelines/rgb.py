@@ -21,6 +21,16 @@ network sees the label-fitted box it was trained on rather than a metric or coar
 
 A hand is reported when the mean joint confidence reaches ``min_confidence``; otherwise ``[]``.
 
+Left and right hands: a network trained on right hands only (``pipeline.hands == "right"``, the
+packaged one) sees a left hand's crop mirrored (the mirror is part of the crop warp, so keypoints
+map back through it). ``handedness`` says which hand is in view: ``right``, ``left``, or ``auto``,
+where a frame without a track runs its crop both ways in one batch and keeps the more confident
+way, and the track then keeps that hand, so a tracked frame runs once. ``auto`` costs accuracy:
+with the 40-minute right-hand weights of 2026-12-07 the more confident way was the hand's in 79 %
+of 1,000 held-out crops, PCK@0.2 0.808 against 0.870 with the hand told (the mean confidence over
+all stages, the median, or the stages' agreement picked no better). ``HandPose.extras["handedness"]``
+says which way was taken.
+
 Input images: (H, W, 3) uint8 RGB. Decisions for other inputs: (H, W) or (H, W, 1) uint8 grey is
 replicated to 3 channels (mono8 cameras work); (H, W, 4) uint8 is taken as RGBA and the alpha
 dropped; any other shape or dtype (a uint16 depth image, float images) raises HandPoseError.
@@ -58,6 +68,7 @@ from handpose_core.errors import HandPoseError
 from handpose_core.keypoints import HAND21, layout_for
 from handpose_core.models.cpm import MirrorAveraged
 from handpose_core.models.inference import load_for_inference
+from handpose_core.pipelines.hands import Handedness, check_hands
 
 if TYPE_CHECKING:
     from handpose_core.estimator import HandPose
@@ -89,6 +100,13 @@ PIPELINE_DEFAULTS: dict[str, Any] = {
     # "track" tracked at 0.805 but doubled a tracked frame's cost (RGB node p50 17.7 ms in one
     # make bench run with it, 12.7 ms in the next run without it).
     "refine": [],
+    # which hands the network saw (set by training, not a user knob): "both", or "right" (trained on
+    # right hands, left ones mirrored, as OpenPose's hand network is fed).
+    "hands": "both",
+    # for a "right" network, which hand is in view: "right", "left" (its crops are mirrored), or
+    # "auto": a searched/ROI/depth-boxed frame runs its crop both ways and keeps the more confident
+    # way; the track keeps the hand it found, so a tracked frame runs once.
+    "handedness": "auto",
 }
 REFINE_SOURCES = ("depth", "search", "track")
 
@@ -150,8 +168,9 @@ def as_rgb(image: np.ndarray) -> np.ndarray:
     raise HandPoseError(f"RGB image must be (H, W, 3) uint8 (also accepted: grey (H, W), RGBA), got {image.shape}")
 
 
-class RGBPipeline:
-    """Checkpoint blob -> ``predict(image, intrinsics, depth) -> list[HandPose]`` for CPM models."""
+class RGBPipeline(Handedness):
+    """Checkpoint blob -> ``predict(image, intrinsics, depth) -> list[HandPose]`` for CPM models;
+    ``handedness``: see the module doc."""
 
     def __init__(self, blob: dict[str, Any], device: torch.device, precision: str = "fp32",
                  roi: tuple[float, float, float, float] | None = None, optimize: bool = True,
@@ -172,17 +191,21 @@ class RGBPipeline:
         bad = set(cfg["refine"]) - set(REFINE_SOURCES)
         if bad:
             raise HandPoseError(f"refine: unknown box sources {sorted(bad)} (choose from {list(REFINE_SOURCES)})")
+        self.hands = check_hands(cfg["hands"], cfg["flip_average"], "")
         if cfg["flip_average"]:
             self.model = MirrorAveraged(self.model)
         self.roi = roi
         self.depth_codec = DepthCropCodec()
         self._track: CropBox | None = None
         self._track_shape: tuple[int, int] | None = None
+        self._track_hand: str | None = None
+        self.handedness = cfg["handedness"]
 
     def reset(self) -> None:
         """Forget the tracked box (next frame searches again)."""
         self._track = None
         self._track_shape = None
+        self._track_hand = None
 
     # -- network ---------------------------------------------------------------------------------
     @torch.inference_mode()
@@ -191,16 +214,25 @@ class RGBPipeline:
         x = torch.from_numpy(self.spec.normalize(crops_rgb)).to(self.device, self.dtype)
         return [m.float().cpu().numpy() for m in self.model(x)]
 
-    def _predict_box(self, rgb: np.ndarray, box: CropBox) -> dict[str, Any]:
+    def _predict_box(self, rgb: np.ndarray, box: CropBox, hand: str | None = None) -> dict[str, Any]:
+        """One box's keypoints. ``hand`` (a right-hand network only): ``left`` mirrors the crop,
+        ``right`` keeps it, None runs it both ways in one batch and keeps the more confident way;
+        ``out["hand"]`` says which (None for a network that saw both hands)."""
         size = self.spec.size
-        warp = box.warp(size)
-        crop = crop_image(rgb, warp, size, self.spec.border_value)
-        stages = self._run(crop[None])
-        maps = stages[-1][0]
-        uv_crop, conf = self.codec.decode(maps, num_keypoints=len(self.joint_names))
-        uv = warp_points(uv_crop, warp, inverse=True)
-        return {"uv": uv, "conf": conf, "warp": warp, "crop": crop, "maps": maps,
-                "stage_maps": [s[0] for s in stages], "box": box}
+        if self.hands != "right":
+            hands: list[str | None] = [None]
+        else:
+            hands = [hand] if hand is not None else ["right", "left"]
+        warps = [box.warp(size, mirrored=h == "left") for h in hands]
+        crops = np.stack([crop_image(rgb, w, size, self.spec.border_value) for w in warps])
+        stages = self._run(crops)
+        outs = []
+        for n, (h, warp) in enumerate(zip(hands, warps, strict=True)):
+            maps = stages[-1][n]
+            uv_crop, conf = self.codec.decode(maps, num_keypoints=len(self.joint_names))
+            outs.append({"uv": warp_points(uv_crop, warp, inverse=True), "conf": conf, "warp": warp, "crop": crops[n],
+                         "maps": maps, "stage_maps": [s[n] for s in stages], "box": box, "hand": h})
+        return max(outs, key=lambda o: float(o["conf"].mean()))
 
     def _fitted_box(self, out: dict[str, Any]) -> CropBox:
         """The box a pass's keypoints call for: ``crop_margin`` x the extent of its confident joints
@@ -225,7 +257,11 @@ class RGBPipeline:
         return CropBox(float(u), float(v), float(side))
 
     def _search(self, rgb: np.ndarray) -> CropBox | None:
-        """Scale search over the frame; the box around its confident keypoints, or None."""
+        """Scale search over the frame; the box around its confident keypoints, or None.
+
+        A right-hand network sees the frame mirrored for a left hand; with ``handedness`` auto it
+        sees it both ways and each map keeps the larger value (the box needs only where the hand
+        is; the crop pass then decides which hand it is)."""
         h, w = rgb.shape[:2]
         k = len(self.joint_names)
         grid = min(1.0, self.cfg["search_max_side"] / max(h, w))
@@ -241,7 +277,7 @@ class RGBPipeline:
             pw, ph = -sw % stride, -sh % stride  # pad right/bottom to a multiple of the stride
             padded = cv2.copyMakeBorder(scaled, 0, ph, 0, pw, cv2.BORDER_CONSTANT,
                                         value=(self.spec.border_value,) * 3)
-            maps = self._run(padded[None])[-1][0][:k]
+            maps = self._search_maps(padded)[:k]
             up = self.codec.upsample(maps)[:, :sh, :sw]
             acc += np.stack([cv2.resize(m, (gw, gh), interpolation=cv2.INTER_LINEAR) for m in up])
         acc /= len(fractions)
@@ -251,6 +287,16 @@ class RGBPipeline:
         if ok.sum() < 3:
             return None
         return box_from_keypoints(uv, self.cfg["crop_margin"], valid=ok)
+
+    def _search_maps(self, image: np.ndarray) -> np.ndarray:
+        """(H, W, 3) uint8, W a multiple of the stride -> last-stage maps (K+1, H/8, W/8), for this
+        network's hands and ``handedness`` (map column j of the mirror image is column w - 1 - j)."""
+        if self.hands != "right" or self.handedness == "right":
+            return self._run(image[None])[-1][0]
+        if self.handedness == "left":
+            return np.ascontiguousarray(self._run(image[None, :, ::-1])[-1][0][:, :, ::-1])
+        both = self._run(np.stack([image, image[:, ::-1]]))[-1]
+        return np.maximum(both[0], both[1][:, :, ::-1])
 
     # -- public ----------------------------------------------------------------------------------
     def predict(self, image: np.ndarray, intrinsics: Intrinsics | None = None,
@@ -290,16 +336,19 @@ class RGBPipeline:
                 self.reset()
                 return []
 
-        out = self._predict_box(rgb, box)
+        # the hand told, else the one the track found; None: the crop pass tries both
+        hand = self.handedness if self.handedness != "auto" else (self._track_hand if source == "track" else None)
+        out = self._predict_box(rgb, box, hand)
         if source in self.cfg["refine"]:
             fitted = self._fitted_box(out).clipped(w, h)
             if fitted is not None:
-                box, out = fitted, self._predict_box(rgb, fitted)
+                box, out = fitted, self._predict_box(rgb, fitted, out["hand"])
         conf = out["conf"]
         mean_conf = float(conf.mean())
         if self.tracking and source != "roi" and mean_conf >= self.cfg["track_min_confidence"]:
             self._track = self._fitted_box(out)
             self._track_shape = (h, w)
+            self._track_hand = out["hand"]
         else:
             self.reset()
         if mean_conf < self.cfg["min_confidence"]:
@@ -310,7 +359,7 @@ class RGBPipeline:
             xyz = self._lift(out["uv"], depth_mm, intrinsics)
         x0, y0, x1, y1 = box.xyxy
         extras = {"belief_maps": out["maps"], "stage_maps": out["stage_maps"], "warp": out["warp"],
-                  "crop": out["crop"], "box_source": source}
+                  "crop": out["crop"], "box_source": source, "handedness": out["hand"]}
         return [HandPose(out["uv"].astype(np.float32), xyz, conf.astype(np.float32), self.joint_names,
                          (x0, y0, x1, y1), extras)]
 

@@ -9,7 +9,10 @@ affine from the source frame. Training batches are cut from those crops on the f
   jitter and in-plane rotation (:class:`AugmentConfig`);
 - colour: brightness, contrast, per-channel gain, saturation, noise, blur, rare greyscale
   (per crop, applied to the whole batch at once);
-- no left/right keypoint swap: a mirrored hand is just another hand (left hands stay as they are).
+- hands (``Recipe.hands``): ``right`` (the light recipe) mirrors every left hand's crop, so the
+  network learns right hands only, as OpenPose's hand network is fed (it gets the hand from the body
+  detector); the RGB pipeline is told the hand or tries both. ``both`` leaves left hands as they
+  are. Either way no keypoint is swapped: a mirrored left hand is a right hand.
 
 Hand-free crops (``DataConfig.negatives``): boxes of 0.7-3x a hand's size cut from the same frames
 away from every joint (background, clutter, the forearm), cached the same way with no valid label. A
@@ -50,6 +53,7 @@ from handpose_core.codecs.belief_maps import (
 from handpose_core.errors import HandPoseError
 from handpose_core.keypoints import HAND21
 from handpose_core.models.cpm import LIGHT_CONFIG
+from handpose_core.pipelines.hands import check_hands
 from handpose_core.training.harness import TrainConfig, use_cpu_bf16
 from handpose_core.training.metrics_2d import evaluate_2d
 
@@ -121,6 +125,10 @@ class Recipe:
     # targets), so the few pixels near joints are not drowned by the easy background. 0 = plain
     # L2 as in the CPM paper (and the packaged cpm_light weights); train_cpm --fg-weight sets it.
     fg_weight: float = 0.0
+    # "right": left-hand crops are mirrored before the network (in training, evaluation and the RGB
+    # pipeline), which so learns right hands only, as OpenPose's hand network does; the pipeline is
+    # told the hand, or tries both (PIPELINE_DEFAULTS["handedness"]). "both": crops as they come.
+    hands: str = "both"
 
 
 RECIPES: dict[str, Recipe] = {
@@ -161,6 +169,13 @@ RECIPES: dict[str, Recipe] = {
         # 11.3 px (11.0), full frames depth box 0.805 (0.811), RGB search 0.789 (0.772), tracked 0.836
         # (0.843).
         sigma_px=8.0, cpu_bf16=True, channels_last=True,
+        # hands "right" (left hands mirrored, as OpenPose feeds its hand network): 10-min runs, 1
+        # thread each, two at a time, 3,230 / 3,224 steps: held-out crops PCK@0.2 0.687 (both hands)
+        # -> 0.721 (right hands, the hand told), EPE 19.0 -> 17.2 px. The 40-min run (2026-12-07, a
+        # slower day: 15,241 steps where the both-hands run of 2026-12-06 made 24,468): crops 0.870
+        # with the hand told (both hands, mirror-averaged: 0.859), depth box 0.828 (0.811), search
+        # 0.752 (0.772), tracked 0.844 (0.843); the hand not told (auto) 0.808.
+        hands="right",
     ),
     # The OpenPose layout (VGG-19, 6 stages, 368 px): a GPU recipe; one CPU step takes seconds.
     "cpm_openpose": Recipe(
@@ -353,10 +368,11 @@ def cached_crop_set(source: str, seed: int, frames: int, size: int, margin: floa
 
 # -- augmentation ----------------------------------------------------------------------------------
 def training_sample(data: CropSet, i: int, rng: np.random.Generator, input_size: int, aug: AugmentConfig | None,
-                    cache_margin: float = DataConfig.cache_margin) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+                    cache_margin: float = DataConfig.cache_margin, mirror: bool = False
+                    ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """One network crop, its box jittered by ``aug`` (None: the evaluation box): ((S, S, 3) uint8,
     (K, 2) crop px, (2, 3) cache->input warp). Colour jitter is applied to whole batches
-    (:func:`colour_jitter`).
+    (:func:`colour_jitter`). ``mirror`` flips the crop left-right (:meth:`CropBox.warp`), labels too.
 
     A hand-free item (no valid label) is boxed like a hand that filled its cache crop the way
     hands fill theirs: centred, extent = cache side / ``cache_margin``.
@@ -369,11 +385,12 @@ def training_sample(data: CropSet, i: int, rng: np.random.Generator, input_size:
         box = CropBox((side - 1) / 2.0, (side - 1) / 2.0, side / cache_margin)
     if aug is None:
         box = CropBox(box.cx, box.cy, box.side * 1.5)
-        warp = box.warp(input_size)
+        warp = box.warp(input_size, mirrored=mirror)
     else:
         side = box.side * aug.crop_margin * rng.uniform(*aug.scale)
         cx, cy = np.array([box.cx, box.cy]) + rng.normal(0.0, aug.shift * side, 2)
-        warp = CropBox(float(cx), float(cy), float(side)).warp(input_size, rng.uniform(-1, 1) * aug.rotation_deg)
+        warp = CropBox(float(cx), float(cy), float(side)).warp(input_size, rng.uniform(-1, 1) * aug.rotation_deg,
+                                                               mirrored=mirror)
     crop = crop_image(data.crops[i], warp, input_size)
     return crop, warp_points(uv, warp), warp
 
@@ -433,6 +450,7 @@ class CPMTask:
         self._data = train_data
         self._negatives = negatives
         d = recipe.data
+        check_hands(recipe.hands, False, "recipe ")
         if not 0.0 <= d.negative_share < 1.0:
             raise HandPoseError(f"negative_share must be in [0, 1), got {d.negative_share}")
         if d.negative_share > 0 and d.negatives <= 0 and negatives is None:
@@ -475,7 +493,8 @@ class CPMTask:
         crops, uv, valid = [], [], []
         for b, i in enumerate(indices):
             data = self.negatives if hand_free is not None and hand_free[b] else self.data
-            crop, uv_crop, _ = training_sample(data, int(i), rng, self.input_size, aug, margin)
+            mirror = self.recipe.hands == "right" and bool(data.is_left[int(i)])
+            crop, uv_crop, _ = training_sample(data, int(i), rng, self.input_size, aug, margin, mirror)
             crops.append(crop)
             uv.append(uv_crop)
             valid.append(data.valid[int(i)])
@@ -527,8 +546,9 @@ class CPMTask:
                         # just another hand (models.cpm.MirrorAveraged)
                         # refine: a second crop on the box the keypoints call for where the first
                         # box is metric (depth) or coarse (search); see PIPELINE_DEFAULTS["refine"]
-                        pipeline={"crop_margin": r.augment.crop_margin, "flip_average": True,
-                                  "refine": ["depth", "search"]},
+                        # hands: a right-hand network is fed left hands mirrored (no mirror average)
+                        pipeline={"crop_margin": r.augment.crop_margin, "flip_average": r.hands == "both",
+                                  "hands": r.hands, "refine": ["depth", "search"]},
                         provenance={"recipe": self.recipe_name, "command": self.command, "data": asdict(r.data),
                                     "augment": asdict(r.augment), "sigma_px": r.sigma_px,
                                     "cpu_bf16": r.cpu_bf16, "channels_last": r.channels_last,
@@ -565,27 +585,54 @@ def predict_crops(model: torch.nn.Module, codec: BeliefMapCodec, spec: InputSpec
     return np.concatenate(uv_all, axis=1), np.concatenate(conf_all, axis=1), maps
 
 
-def held_out_crops(data: CropSet, input_size: int, cache_margin: float = DataConfig.cache_margin
-                   ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """Deterministic evaluation crops (GT box, ``1.5`` margin): (N, S, S, 3), (N, K, 2) crop px, (N, 2, 3)."""
+def held_out_crops(data: CropSet, input_size: int, cache_margin: float = DataConfig.cache_margin,
+                   mirror: np.ndarray | bool = False) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Deterministic evaluation crops (GT box, ``1.5`` margin): (N, S, S, 3), (N, K, 2) crop px, (N, 2, 3).
+
+    ``mirror``: (N,) bool, or one bool for every crop: flip those crops left-right (labels too).
+    """
     rng = np.random.default_rng(0)
-    rows = [training_sample(data, i, rng, input_size, None, cache_margin) for i in range(len(data))]
+    flags = np.broadcast_to(np.asarray(mirror, bool), (len(data),))
+    rows = [training_sample(data, i, rng, input_size, None, cache_margin, bool(flags[i])) for i in range(len(data))]
     crops, uv, warps = zip(*rows, strict=True)
     return np.stack(crops), np.stack(uv), np.stack(warps)
 
 
+HANDEDNESS_PROTOCOLS = ("none", "known", "auto")
+
+
 def evaluate_crop_set(model: torch.nn.Module, codec: BeliefMapCodec, spec: InputSpec, data: CropSet,
-                      device: torch.device) -> dict[str, Any]:
+                      device: torch.device, handedness: str = "none") -> dict[str, Any]:
     """PCK/AUC/EPE of the last stage and PCK@0.2 of every stage on GT-box crops of ``data``.
 
     EPE is reported in source-image pixels (crop errors mapped back through the crop warps).
+
+    ``handedness`` (how a right-hand-only network, ``Recipe.hands == "right"``, is fed):
+    ``none``: every crop as it is (a network that saw both hands); ``known``: left hands' crops
+    mirrored (the hand told, as OpenPose's body detector tells its hand network); ``auto``: each
+    crop run both ways, the way with the higher mean last-stage confidence kept (the RGB
+    pipeline's ``handedness: auto``), and ``handedness_accuracy`` reports how often that way was
+    the hand's.
     """
-    crops, gt, warps = held_out_crops(data, codec.input_size)
+    if handedness not in HANDEDNESS_PROTOCOLS:
+        raise HandPoseError(f"handedness must be one of {HANDEDNESS_PROTOCOLS}, got {handedness!r}")
+    size = codec.input_size
+    left = np.asarray(data.is_left, bool)
+    crops, gt, warps = held_out_crops(data, size, mirror=left if handedness == "known" else False)
     uv, conf, _ = predict_crops(model, codec, spec, crops, device)
+    result: dict[str, Any] = {}
+    if handedness == "auto":
+        m_crops, m_gt, m_warps = held_out_crops(data, size, mirror=True)
+        m_uv, m_conf, _ = predict_crops(model, codec, spec, m_crops, device)
+        pick = m_conf[-1].mean(axis=1) > conf[-1].mean(axis=1)  # (N,) the mirrored way won
+        uv = np.where(pick[None, :, None, None], m_uv, uv)
+        conf = np.where(pick[None, :, None], m_conf, conf)
+        gt = np.where(pick[:, None, None], m_gt, gt)
+        warps = np.where(pick[:, None, None], m_warps, warps)
+        result["handedness_accuracy"] = float((pick == left).mean())
     # crop px -> source px: through the input warp, then the cache warp
     src_gt = np.stack([warp_points(warp_points(g, w, inverse=True), cw, inverse=True)
                        for g, w, cw in zip(gt, warps, data.warps, strict=True)])
-    result: dict[str, Any] = {}
     for t in range(len(uv)):
         src_pred = np.stack([warp_points(warp_points(p, w, inverse=True), cw, inverse=True)
                              for p, w, cw in zip(uv[t], warps, data.warps, strict=True)])
@@ -597,6 +644,7 @@ def evaluate_crop_set(model: torch.nn.Module, codec: BeliefMapCodec, spec: Input
             result["mean_confidence"] = float(conf[t].mean())
         result.setdefault("per_stage", {})[f"stage{t + 1}"] = {"pck@0.2": r["pck@0.2"], "auc": r["auc"],
                                                                "epe_mean_px": r["epe_mean_px"]}
+    result["handedness"] = handedness
     return result
 
 
@@ -625,7 +673,9 @@ def make_evaluator(task: CPMTask, data: CropSet, hand_free: CropSet | None = Non
     """
 
     def evaluate(model: torch.nn.Module, device: torch.device) -> dict[str, float]:
-        r = evaluate_crop_set(model, task.codec, task.spec, data, device)
+        # a right-hand network is scored with the hand told (the headline protocol)
+        r = evaluate_crop_set(model, task.codec, task.spec, data, device,
+                              "known" if task.recipe.hands == "right" else "none")
         out = {"pck@0.2": r["pck@0.2"], "auc": r["auc"], "epe_mean_px": r["epe_mean_px"],
                "pck@0.2_visible": r["pck@0.2_visible"], "frames": float(r["frames"])}
         for name, s in r["per_stage"].items():
