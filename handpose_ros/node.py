@@ -159,6 +159,7 @@ class HandPoseNode(LifecycleNode):
         self._intrinsics: tuple[float, float, float, float] | None = None
         self._intrinsics_problem = "no camera_info received yet"
         self._stats = PipelineStats()
+        self._hand_taken: str | None = None
         self._throttle = KindThrottle(BAD_INPUT_LOG_PERIOD_S)
         self._active_since = time.monotonic()
         self._no_image_logged = False
@@ -237,6 +238,7 @@ class HandPoseNode(LifecycleNode):
             self._release_model()
             return result
         self._stats = PipelineStats()
+        self._hand_taken = None
         self._active_since, self._no_image_logged = time.monotonic(), False
         with self._cond:
             self._stop, self._pending = False, None
@@ -449,6 +451,8 @@ class HandPoseNode(LifecycleNode):
         except HandPoseError as exc:
             self._bad_input(str(exc))
             return
+        if poses:  # for /diagnostics: which hand a right-hand network took (None: one that saw both)
+            self._hand_taken = poses[0].extras.get("handedness")
         pubs = self._outputs
         pubs["keypoints"].publish(conv.keypoints_to_pointcloud2(poses, frame.header))
         stamp = _stamp_seconds(frame.header)
@@ -517,6 +521,10 @@ class HandPoseNode(LifecycleNode):
                 "model": str(self._param("model")),
                 "modality": estimator.modality,
                 "joints": str(len(estimator.joint_names)),
+                # the network's hands; the hand it is told; the hand the last found pose was taken as
+                "hands": estimator.hands,
+                "handedness": str(self._param("handedness")),
+                "hand_taken": self._hand_taken or "-",
             },
         )
         msg = DiagnosticArray(status=[status])

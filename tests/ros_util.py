@@ -196,6 +196,7 @@ class FakeEstimator:
         self.debug_calls = 0
         self.closed = False
         self.handedness = "auto"
+        self.hands = "right"
         self.handedness_seen: list[str] = []  # the handedness each predict ran with
 
     def predict(self, image, intrinsics=None, depth=None) -> list[HandPose]:
@@ -205,7 +206,9 @@ class FakeEstimator:
         j = len(self.joint_names)
         xyz = np.stack([np.linspace(-0.05, 0.05, j), 0.05 * np.cos(np.arange(j)), np.full(j, 0.5)], axis=1)
         uv = np.stack([np.arange(j), np.full(j, self.calls)], axis=1)
-        return [HandPose(uv.astype(np.float32), xyz.astype(np.float32), np.ones(j, np.float32), self.joint_names)]
+        hand = "left" if self.handedness == "left" else "right"
+        return [HandPose(uv.astype(np.float32), xyz.astype(np.float32), np.ones(j, np.float32), self.joint_names,
+                         extras={"handedness": hand})]
 
     def debug_image(self, image, poses) -> np.ndarray:
         self.debug_calls += 1

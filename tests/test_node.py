@@ -358,6 +358,9 @@ def test_handedness_parameter_reaches_the_estimator_at_once(ctx, monkeypatch, fr
             rig.send(image)
             rig.keypoints_for(ru.header(2))
             assert fake.handedness_seen == ["left", "right"]
+            # /diagnostics says what the network saw, what it is told and which hand it took
+            assert rig.probe.wait_for(lambda: rig.diagnostics_value("hand_taken") == "right", TIMEOUT)
+            assert rig.diagnostics_value("hands") == "right" and rig.diagnostics_value("handedness") == "right"
     finally:
         _close(node)
 
