@@ -336,7 +336,9 @@ class RGBPipeline(Handedness):
                 self.reset()
                 return []
 
-        # the hand told, else the one the track found; None: the crop pass tries both
+        # the hand told, else the one the track found; None: the crop pass tries both. Deciding afresh on
+        # every tracked frame too (40-min right-hand weights, 42 held-out sequences, auto): PCK@0.2 0.743
+        # -> 0.785, but 1.5 % of frames reported off the hand (0.08 % keeping it) at twice the cost.
         hand = self.handedness if self.handedness != "auto" else (self._track_hand if source == "track" else None)
         out = self._predict_box(rgb, box, hand)
         if source in self.cfg["refine"]:
