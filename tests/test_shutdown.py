@@ -103,8 +103,16 @@ def test_a_spin_stopped_by_shutdown_ends_quietly_and_other_errors_propagate():
         with pytest.raises(ValueError):
             with stopped_by_shutdown(context):
                 raise ValueError("a bug")
+        with pytest.raises(RuntimeError):  # while the context is up, a RuntimeError is a bug too
+            with stopped_by_shutdown(context):
+                raise RuntimeError("Unable to convert call argument '0' to Python object")
     finally:
         context.try_shutdown()
     assert not context.ok()
     with stopped_by_shutdown(context):  # down now: the same error is a normal way out
         raise rclpy_implementation.RCLError("the given context is not valid")
+    with stopped_by_shutdown(context):  # so is pybind11's when a take meets the shut-down context
+        raise RuntimeError("Unable to convert call argument '0' to Python object")
+    with pytest.raises(ValueError):
+        with stopped_by_shutdown(context):
+            raise ValueError("a bug")
