@@ -128,9 +128,9 @@ def tracking_eval(checkpoint: str, seed: int, sequences: int, frames: int, hande
     est = HandPoseEstimator.from_checkpoint(checkpoint, device="cpu")
     preds, gts = [], []
     for q in tqdm(range(sequences), desc="tracking", unit="seq"):
-        stream = list(gen.trajectory(frames, start_index=q))
-        est.handedness = hand_of(stream[0].is_left, handedness)  # one hand per sequence; forgets the track
-        for s in stream:
+        # one hand per sequence, its first key's (SyntheticHands.trajectory); setting it forgets the track
+        est.handedness = hand_of(gen.sample_params(q).is_left, handedness)
+        for s in gen.trajectory(frames, start_index=q):
             poses = est.predict(s.rgb)
             preds.append(poses[0].uv_px if poses else np.full((21, 2), np.nan, np.float32))
             gts.append(s.uv_px)

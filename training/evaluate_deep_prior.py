@@ -49,7 +49,7 @@ def evaluate(checkpoint: str, n_test: int, seed: int = TEST_SEED, device: str = 
     est = HandPoseEstimator.from_checkpoint(checkpoint, device=device, tracking=False)
     gen = SyntheticHands(SynthConfig(render_rgb=False), seed=seed)
     preds, gts, found = [], [], []
-    t_predict, hand_right = [], []
+    t_predict, hand_correct = [], []
     for i in tqdm(range(n_test), desc="evaluate", disable=not progress, unit="frame"):
         sample = gen[i]
         est.handedness = hand_of(sample.is_left, handedness)
@@ -59,7 +59,7 @@ def evaluate(checkpoint: str, n_test: int, seed: int = TEST_SEED, device: str = 
         gts.append(sample.xyz_m * 1000.0)
         found.append(bool(poses))
         if poses and poses[0].extras.get("handedness"):
-            hand_right.append(poses[0].extras["handedness"] == ("left" if sample.is_left else "right"))
+            hand_correct.append(poses[0].extras["handedness"] == ("left" if sample.is_left else "right"))
         preds.append(poses[0].xyz_m * 1000.0 if poses else np.full_like(sample.xyz_m, np.nan))
     pred, gt, found = np.asarray(preds), np.asarray(gts), np.asarray(found)
     if not found.any():
@@ -77,8 +77,8 @@ def evaluate(checkpoint: str, n_test: int, seed: int = TEST_SEED, device: str = 
         "predict_ms_p50": float(np.median(t_predict) * 1e3), "device": str(est.device),
         "hands": est.hands, "handedness": handedness if est.hands == "right" else "not used",
     })
-    if handedness == "auto" and hand_right:
-        figures["handedness_accuracy"] = float(np.mean(hand_right))
+    if handedness == "auto" and hand_correct:
+        figures["handedness_accuracy"] = float(np.mean(hand_correct))
     return figures
 
 

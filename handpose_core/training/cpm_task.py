@@ -598,7 +598,7 @@ def held_out_crops(data: CropSet, input_size: int, cache_margin: float = DataCon
     return np.stack(crops), np.stack(uv), np.stack(warps)
 
 
-HANDEDNESS_PROTOCOLS = ("none", "known", "auto")
+CROP_HANDEDNESS = ("none", "known", "auto")  # evaluate_crop_set's ways to feed the crops
 
 
 def evaluate_crop_set(model: torch.nn.Module, codec: BeliefMapCodec, spec: InputSpec, data: CropSet,
@@ -614,8 +614,8 @@ def evaluate_crop_set(model: torch.nn.Module, codec: BeliefMapCodec, spec: Input
     pipeline's ``handedness: auto``), and ``handedness_accuracy`` reports how often that way was
     the hand's.
     """
-    if handedness not in HANDEDNESS_PROTOCOLS:
-        raise HandPoseError(f"handedness must be one of {HANDEDNESS_PROTOCOLS}, got {handedness!r}")
+    if handedness not in CROP_HANDEDNESS:
+        raise HandPoseError(f"handedness must be one of {CROP_HANDEDNESS}, got {handedness!r}")
     size = codec.input_size
     left = np.asarray(data.is_left, bool)
     crops, gt, warps = held_out_crops(data, size, mirror=left if handedness == "known" else False)

@@ -460,13 +460,11 @@ class DeepPriorTask:
                 up += rng.normal(size=n) * np.radians(r.align_jitter_deg)
                 theta = np.where(gt, up, theta)
             scale = rng.uniform(1 - r.scale, 1 + r.scale, n)
-            flip = rng.random(n) < r.flip_prob
-            if r.hands == "right":  # drawn anyway, so the other draws stay as they were
-                flip = self.is_left[idx]
+            flip = rng.random(n) < r.flip_prob  # drawn for "right" hands too, so the other draws stay
         else:
             t, theta, scale, flip = np.zeros((n, 3)), np.zeros(n), np.ones(n), np.zeros(n, bool)
-            if r.hands == "right":
-                flip = self.is_left[idx]
+        if r.hands == "right":  # a left hand's crop mirrored, augmented or not
+            flip = self.is_left[idx]
         z = self.data.z_mm[idx].astype(np.float64)
         z_ratio = np.where(np.isfinite(z), 1.0 + t[:, 2] * half_in / np.where(np.isfinite(z), z, 1.0), 1.0)
         tt = [torch.from_numpy(np.asarray(a, np.float32)) for a in (t, theta, scale, z_ratio)]
@@ -532,7 +530,8 @@ class DeepPriorTask:
                           "hands": self.recipe.hands,
                           "rotation_average": [float(a) for a in self.recipe.rotation_average]
                           if self.recipe.augment else [],
-                          # the pipeline judges candidates only where flip_average is on
+                          # the pipeline judges candidates where the final pass is averaged: flip_average
+                          # on, or a right-hand network (DepthPipeline.average_final)
                           "search": {"candidates": int(self.recipe.search_candidates)},
                           **({"align": list(self.align_idx)} if self.align_idx is not None else {})},
             # residual_mm is the fitted PCA's; with finetune_pca training moves the layer on from it
