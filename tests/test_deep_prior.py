@@ -23,6 +23,7 @@ from handpose_core.training.deep_prior_task import (
     recrop,
     sample_nearest,
 )
+from tests.depth_util import plain_and_mirrored, weighted_untrained
 
 DEEP_PRIOR_MODELS = [m for m in list_models() if m.startswith("deep_prior")]
 CAMERA = Intrinsics(475.0, 475.0, 319.5, 239.5)
@@ -337,22 +338,13 @@ def test_flip_average_runs_the_final_pass_on_the_crop_and_its_mirror(tmp_path):
     and its mirror's (u negated back); earlier passes, tracked frames (unless ``track.flip_average``)
     and checkpoints without the entry run the crop alone."""
     path = save_untrained(tmp_path / "dp.pt")
-    blob = load_checkpoint(path)
-    torch.manual_seed(0)
-    with torch.no_grad():  # an untrained bottleneck outputs ~the mean pose for any crop: give it weight
-        blob["state_dict"]["bottleneck.weight"].normal_(0.0, 0.5)
-    blob["meta"]["inference"] = {"passes": 2, "flip_average": True}
-    save_checkpoint(tmp_path / "flip.pt", blob["model"]["name"], blob["model"]["config"], blob["state_dict"],
-                    blob["meta"])
+    weighted_untrained(tmp_path / "flip.pt", {"passes": 2, "flip_average": True})
     est = HandPoseEstimator.from_checkpoint(tmp_path / "flip.pt", device="cpu", backend="torch")
     pipeline = est._pipeline
     assert pipeline.flip_average and not HandPoseEstimator.from_checkpoint(path, device="cpu")._pipeline.flip_average
     sample = SyntheticHands(SynthConfig(render_rgb=False), seed=3)[0]
     crop = pipeline.codec.encode(sample.depth_mm, sample.intrinsics)
-    x = torch.from_numpy(crop.image)[None, None]
-    with torch.inference_mode():
-        plain = pipeline.model(x)[0].numpy()
-        mirrored = pipeline.model(x.flip(-1))[0].numpy() * np.array([-1.0, 1.0, 1.0], np.float32)
+    plain, mirrored = plain_and_mirrored(pipeline, crop)
     assert np.abs(plain - mirrored).max() > 1e-3  # the two differ, so the mean is a real test
     np.testing.assert_allclose(pipeline._run(crop, mirror=True), (plain + mirrored) / 2, atol=1e-5)
     np.testing.assert_allclose(pipeline._run(crop), plain, atol=1e-5)
@@ -381,14 +373,7 @@ def test_rotation_average_means_the_joints_of_the_turned_crops(tmp_path):
     """``inference.rotation_average``: the averaged final pass also runs its crop turned by each angle
     (each mirror-averaged where the checkpoint says flip_average) and averages the joints in the
     camera frame; without averaging it is the crop alone."""
-    path = save_untrained(tmp_path / "dp.pt")
-    blob = load_checkpoint(path)
-    torch.manual_seed(0)
-    with torch.no_grad():  # give the bottleneck weight, so that turned crops predict differently
-        blob["state_dict"]["bottleneck.weight"].normal_(0.0, 0.5)
-    blob["meta"]["inference"] = {"passes": 2, "flip_average": True, "rotation_average": [-15, 15]}
-    save_checkpoint(tmp_path / "rot.pt", blob["model"]["name"], blob["model"]["config"], blob["state_dict"],
-                    blob["meta"])
+    blob = weighted_untrained(tmp_path / "rot.pt", {"passes": 2, "flip_average": True, "rotation_average": [-15, 15]})
     pipeline = HandPoseEstimator.from_checkpoint(tmp_path / "rot.pt", device="cpu", backend="torch")._pipeline
     assert pipeline.rotation_average == (-15.0, 15.0)
     sample = SyntheticHands(SynthConfig(render_rgb=False), seed=3)[0]
@@ -402,10 +387,7 @@ def test_rotation_average_means_the_joints_of_the_turned_crops(tmp_path):
     assert np.abs(expected - pipeline._run(crop, mirror=True)).max() > 1e-3  # the turned crops count
     np.testing.assert_allclose(got, expected, atol=1e-4)
     # the mirror gap is the unturned crop's: mean joint distance between its and its mirror's prediction
-    x = torch.from_numpy(crop.image)[None, None]
-    with torch.inference_mode():
-        plain = pipeline.model(x)[0].numpy()
-        mirrored = pipeline.model(x.flip(-1))[0].numpy() * np.array([-1.0, 1.0, 1.0], np.float32)
+    plain, mirrored = plain_and_mirrored(pipeline, crop)
     assert gap == pytest.approx(float(np.linalg.norm(plain - mirrored, axis=1).mean()), abs=1e-5) and gap > 1e-3
     alone, gap = pipeline._final(depth_mm, sample.intrinsics, crop, 20.0, average=False)
     np.testing.assert_allclose(alone, pipeline._run(crop), atol=1e-6)

@@ -16,6 +16,7 @@ from handpose_core.data.synthetic import SynthConfig, SyntheticHands
 from handpose_core.pipelines import depth as depth_pipeline
 from handpose_core.pipelines.depth import save_untrained as save_untrained_depth
 from handpose_core.pipelines.rgb import save_untrained as save_untrained_rgb
+from tests.depth_util import plain_and_mirrored, weighted_untrained
 from training import hand_of
 
 
@@ -166,13 +167,8 @@ def test_rgb_right_hand_network_refuses_mirror_averaging(tmp_path):
 
 
 def _depth_right(tmp_path, weight_std: float = 0.5, **inference) -> HandPoseEstimator:
-    path = save_untrained_depth(tmp_path / "dp.pt")
-    blob = load_checkpoint(path)
-    torch.manual_seed(0)
-    with torch.no_grad():  # an untrained bottleneck outputs ~the mean pose for any crop: give it weight
-        blob["state_dict"]["bottleneck.weight"].normal_(0.0, weight_std)
-    blob["meta"]["inference"] = {"passes": 2, "hands": "right", **inference}
-    save_checkpoint(path, blob["model"]["name"], blob["model"]["config"], blob["state_dict"], blob["meta"])
+    path = tmp_path / "dp.pt"
+    weighted_untrained(path, {"passes": 2, "hands": "right", **inference}, weight_std)
     return HandPoseEstimator.from_checkpoint(path, device="cpu", backend="torch", tracking=False)
 
 
@@ -181,10 +177,7 @@ def test_depth_left_hand_runs_the_network_on_mirrored_crops(tmp_path):
     pipe = est._pipeline
     sample = SyntheticHands(SynthConfig(render_rgb=False), seed=3)[0]
     crop = pipe.codec.encode(sample.depth_mm, sample.intrinsics)
-    x = torch.from_numpy(crop.image)[None, None]
-    with torch.inference_mode():
-        plain = pipe.model(x)[0].numpy()
-        of_mirror = pipe.model(x.flip(-1))[0].numpy() * np.array([-1.0, 1.0, 1.0], np.float32)
+    plain, of_mirror = plain_and_mirrored(pipe, crop)
     assert np.abs(plain - of_mirror).max() > 1e-3  # the two differ, so the test can tell them apart
     est.handedness = "right"
     np.testing.assert_allclose(pipe._run(crop), plain, atol=1e-5)
