@@ -219,10 +219,10 @@ def test_pipeline_refine_reruns_the_crop_on_the_box_its_keypoints_call_for(estim
         pipe.cfg.update(refine=["search"], track_min_confidence=2.0)  # never tracks: every frame searches
         poses = estimator.predict(img)
         assert len(calls) == 2
-        fitted = pipe._fitted_box(calls[0][1]).clipped(img.shape[1], img.shape[0])
+        fitted = pipe._fitted_box(calls[0][1][0]).clipped(img.shape[1], img.shape[0])
         assert calls[1][0] == fitted
         assert poses[0].box_px == pytest.approx(fitted.xyxy)
-        np.testing.assert_array_equal(poses[0].uv_px, calls[1][1]["uv"].astype(np.float32))
+        np.testing.assert_array_equal(poses[0].uv_px, calls[1][1][0]["uv"].astype(np.float32))
         calls.clear()
         pipe.cfg.update(refine=["depth"])
         estimator.predict(img)

@@ -15,6 +15,7 @@ from handpose_core.codecs.belief_maps import CropBox, crop_image, warp_points
 from handpose_core.data.synthetic import SynthConfig, SyntheticHands
 from handpose_core.pipelines import depth as depth_pipeline
 from handpose_core.pipelines.depth import save_untrained as save_untrained_depth
+from handpose_core.pipelines.hands import HandVote
 from handpose_core.pipelines.rgb import save_untrained as save_untrained_rgb
 from tests.depth_util import plain_and_mirrored, weighted_untrained
 from training import hand_of
@@ -95,7 +96,7 @@ def test_cpm_crop_protocols_known_and_auto(cpm_crops):
 def rgb_right(tmp_path):
     path = save_untrained_rgb(tmp_path / "cpm.pt", variant="cpm_tiny")
     blob = load_checkpoint(path)
-    blob["meta"]["pipeline"].update(hands="right", flip_average=False)
+    blob["meta"]["pipeline"].update(hands="right", flip_average=False, handedness_frames=2)
     save_checkpoint(path, blob["model"]["name"], blob["model"]["config"], blob["state_dict"], blob["meta"])
     est = HandPoseEstimator.from_checkpoint(path, device="cpu", backend="torch")
     est._pipeline.cfg.update(min_confidence=0.0, keypoint_min_confidence=0.0, track_min_confidence=0.0)
@@ -120,6 +121,24 @@ def test_rgb_left_hand_is_the_mirrored_image_seen_as_a_right_hand(rgb_right):
         est.handedness = "both"
 
 
+def test_hand_vote_sums_a_tracks_margins_then_settles():
+    vote = HandVote(2)
+    assert vote.weigh(0.0) == ("right", 0.0)  # a tie is a right hand
+    hand, total = vote.weigh(0.3)
+    assert hand == "left" and total == pytest.approx(0.3) and vote.total == 0.0  # weighed, not kept
+    vote.keep(total)
+    assert not vote.settled
+    hand, total = vote.weigh(-0.5)  # one frame the other way outweighs the first
+    assert hand == "right" and total == pytest.approx(-0.2)
+    vote.keep(total)
+    assert vote.settled and vote.frames == 2
+    vote.reset()
+    assert not vote.settled and vote.total == 0.0
+    for bad in (0, 1.5, "3"):
+        with pytest.raises(HandPoseError, match="handedness_frames must be an integer >= 1"):
+            HandVote(bad)
+
+
 def test_rgb_auto_runs_both_hands_then_the_track_keeps_one(rgb_right):
     est, pipe = rgb_right, rgb_right._pipeline
     img = np.random.default_rng(3).integers(0, 255, (72, 96, 3), dtype=np.uint8)
@@ -138,17 +157,33 @@ def test_rgb_auto_runs_both_hands_then_the_track_keeps_one(rgb_right):
     best = max(by_hand, key=lambda h: float(by_hand[h].confidence.mean()))
     assert auto.extras["handedness"] == best
     np.testing.assert_allclose(auto.uv_px, by_hand[best].uv_px, atol=1e-3)  # batch of 2 vs 1: float noise
-    # a tracked stream: the frame that starts the track tries both, the tracked ones run its hand only
+    # a tracked stream: the track's first handedness_frames (2) frames run both ways and sum their
+    # confidence margins, then the track keeps the hand the sum called and runs it only
     pipe.roi = None
     pipe.cfg["refine"] = []
     est.reset()
+    margins = []  # each frame's left-minus-right confidence margin
+    choose = pipe._choose
+
+    def spy(outs):
+        if len(outs) == 2:
+            margins.append(float(outs[1]["conf"].mean() - outs[0]["conf"].mean()))
+        return choose(outs)
+
+    pipe._choose = spy
     batches.clear()
     first = est.predict(img)[0]
     assert first.extras["box_source"] == "search" and batches[-1] == 2
     batches.clear()
     second = est.predict(img)[0]
-    assert second.extras["box_source"] == "track" and batches == [1]
-    assert second.extras["handedness"] == first.extras["handedness"]
+    assert second.extras["box_source"] == "track" and batches == [2]
+    assert second.extras["handedness"] == ("left" if sum(margins) > 0 else "right") and len(margins) == 2
+    batches.clear()
+    third = est.predict(img)[0]
+    assert third.extras["box_source"] == "track" and batches == [1] and len(margins) == 2
+    assert third.extras["handedness"] == second.extras["handedness"]
+    est.handedness = "auto"  # setting it forgets the track and its vote
+    assert pipe._vote.frames == 0 and pipe._track is None
 
 
 def test_rgb_right_hand_network_refuses_mirror_averaging(tmp_path):
@@ -229,16 +264,29 @@ def test_depth_auto_keeps_the_hand_farther_from_the_mean_pose(tmp_path, index):
     best = "left" if told["left"][0] > told["right"][0] else "right"
     assert auto.extras["handedness"] == best
     np.testing.assert_allclose(auto.xyz_m, told[best][1].xyz_m, atol=1e-6)
-    # a tracked frame runs the track's hand only
-    tracked = HandPoseEstimator.from_checkpoint(tmp_path / "dp.pt", device="cpu", backend="torch")
+    # a track runs both hands over its first handedness_frames (2) frames, then the hand their summed
+    # margins call only, re-searches (redetect_every) included: the vote outlives a redetection
+    weighted_untrained(tmp_path / "dp2.pt", {"passes": 2, "hands": "right", "track": {"handedness_frames": 2}}, 0.5)
+    tracked = HandPoseEstimator.from_checkpoint(tmp_path / "dp2.pt", device="cpu", backend="torch")
     pipe = tracked._pipeline
     pipe.track_cfg.update(min_confidence=0.0, min_fill=0.0)
-    first = tracked.predict(s.depth_mm, s.intrinsics)[0]
     hands = []
     run = pipe._run_batch
     pipe._run_batch = lambda crops, mirror=False: hands.append(pipe._hand) or run(crops, mirror)
+    first = tracked.predict(s.depth_mm, s.intrinsics)[0]
+    assert first.extras["box_source"] == "search" and set(hands) == {"right", "left"}
+    hands.clear()
     second = tracked.predict(s.depth_mm, s.intrinsics)[0]
-    assert second.extras["box_source"] == "track" and set(hands) == {first.extras["handedness"]}
+    assert second.extras["box_source"] == "track" and set(hands) == {"right", "left"}
+    assert pipe._vote.settled and second.extras["handedness"] == ("left" if pipe._vote.total > 0 else "right")
+    for _ in range(2):
+        hands.clear()
+        pose = tracked.predict(s.depth_mm, s.intrinsics)[0]
+        assert set(hands) == {second.extras["handedness"]} == {pose.extras["handedness"]}
+    pipe.track_cfg["redetect_every"] = 1  # every frame searched again
+    hands.clear()
+    redetected = tracked.predict(s.depth_mm, s.intrinsics)[0]
+    assert redetected.extras["box_source"] == "search" and set(hands) == {second.extras["handedness"]}
 
 
 def test_depth_checkpoint_hands_are_checked(tmp_path):

@@ -53,9 +53,11 @@ Left and right hands: a network trained on right hands only (``meta['inference']
 "right"``, the default recipe's) runs every crop of a left hand mirrored (u -> -u in, its joints'
 u negated back out), so a left hand is the mirror image of a right one, exactly. ``handedness``
 (constructor keyword, or the attribute) says which hand is in view: ``right``, ``left``, or ``auto``,
-where a searched frame runs every pass as each hand and keeps the one whose joints lie farther from
-the network's mean pose (shown the wrong hand, it hedges), and a tracked frame keeps its track's hand.
-That takes the wrong hand in about one frame in six and costs accuracy (see the README): tell it.
+where a searched frame that starts a track runs every pass as each hand and keeps the one whose
+joints lie farther from the network's mean pose (shown the wrong hand, it hedges), and the track keeps
+that hand, through its re-searches too (``track.handedness_frames``, default 1: more frames weigh
+the hand longer, see :class:`~handpose_core.pipelines.hands.HandVote`; it did not pay here). That
+takes the wrong hand in about one frame in six and costs accuracy (see the README): tell it.
 ``HandPose.extras["handedness"]`` says which was taken (None for a network that saw both hands).
 Such a network is not mirror-averaged (``flip_average``: the mirror is the other hand); its final
 pass still averages the ``rotation_average`` crops, and the search's candidates are judged with a
@@ -86,7 +88,7 @@ from handpose_core.estimator import HandPose
 from handpose_core.keypoints import HAND21, KeypointLayout, layout_for
 from handpose_core.models import create_model
 from handpose_core.models.inference import load_for_inference
-from handpose_core.pipelines.hands import Handedness, check_hands
+from handpose_core.pipelines.hands import Handedness, HandVote, check_hands
 
 TRACK_DEFAULTS: dict[str, Any] = {
     "enabled": True,
@@ -101,6 +103,14 @@ TRACK_DEFAULTS: dict[str, Any] = {
     # tracked frame is the node's hot path. Packaged weights, 20 x 60 tracked frames: 15.43 mm
     # without, 14.67 mm with; the LARGE_DATA depth node's p50 6.9-7.7 ms without, 8.9-9.2 with.
     "flip_average": False,
+    # a right-hand network on handedness auto: the frames of a track over which both hands are run
+    # and their margins summed before the track keeps one hand (HandVote). 1: the hand is decided on
+    # the frame that starts the track and kept, re-searches (redetect_every) included. 24-min
+    # right-hand weights, 40 x 60 held-out frames (evaluate_deep_prior --sequences 40 --handedness
+    # auto), tracked: 15.07 mm (1), 16.21 mm (10), 16.67 mm (60); deciding afresh on each re-search,
+    # as before, 16.13 mm; the hand told 13.35 mm. Running the other hand on tracked frames and
+    # switching to it mid-track cost more than the vote gained.
+    "handedness_frames": 1,
 }
 
 
@@ -218,6 +228,7 @@ class DepthPipeline(Handedness):
         # tracking needs a model trained on joint-centred crops, i.e. one with a second pass
         self.tracking = bool(self.track_cfg["enabled"]) and self.passes >= 2
         self._hand: str | None = None  # the hand the network calls of this frame run as (right-hand network)
+        self._vote = HandVote(self.track_cfg["handedness_frames"])
         self.handedness = handedness
 
     def reset(self) -> None:
@@ -226,6 +237,7 @@ class DepthPipeline(Handedness):
         self._track_key: tuple | None = None
         self._track_hand: str | None = None
         self._tracked_frames = 0
+        self._vote.reset()
 
     def _run(self, crop, mirror: bool = False) -> np.ndarray:
         """One network pass on a crop -> (J, 3) normalized uvd; with ``mirror`` the mean of the crop's
@@ -290,18 +302,20 @@ class DepthPipeline(Handedness):
             raise HandPoseError("a depth model needs camera intrinsics (fx, fy, cx, cy)")
         depth_mm = depth_to_mm(image)
         key = (image.shape, intrinsics.as_tuple())
-        fixed = None if self.hands != "right" else (None if self.handedness == "auto" else self.handedness)
-        self._hand = fixed or self._track_hand
-        found = self._tracked(depth_mm, intrinsics, key) if self.tracking else None
+        # the hand told; with auto, the track's once its vote has settled; None: both hands are run
+        hand = None if self.hands != "right" or self.handedness == "auto" else self.handedness
+        if hand is None and self._vote.settled:
+            hand = self._track_hand
+        found = self._tracked(depth_mm, intrinsics, key, hand) if self.tracking else None
         source = "track"
         if found is None:
             source = "search"
             try:
-                found = self._searched_hand(depth_mm, intrinsics, fixed)
+                found = self._as_hand(hand, lambda: self._searched(depth_mm, intrinsics))
             except NoHandError:
                 self.reset()
                 return []
-        uvd, crop, xyz_m, _ = found
+        (uvd, crop, xyz_m, _), vote = found
         uv_px = self.codec.decode_uv(uvd, crop)
         confidence = joint_confidence(uvd)
         if self.tracking and float(confidence.mean()) >= self.track_cfg["min_confidence"]:
@@ -309,6 +323,8 @@ class DepthPipeline(Handedness):
             self._track_key = key
             self._track_hand = self._hand
             self._tracked_frames = 0 if source == "search" else self._tracked_frames + 1
+            if vote is not None:
+                self._vote.keep(vote)
         else:
             self.reset()
         half_px = (self.codec.size - 1) / 2.0
@@ -388,39 +404,46 @@ class DepthPipeline(Handedness):
                 best, best_score = result, s
         return best if best_score - first_score > float(self.search_cfg["margin"]) else first
 
-    def _searched_hand(self, depth_mm: np.ndarray, intrinsics: Intrinsics, hand: str | None):
-        """:meth:`_searched` as ``hand``; for a right-hand network with the hand not told (None), as
-        each hand, keeping the one whose final joints lie farther from the network's mean pose (the
-        right hand on a tie). Sets ``self._hand``. Raises NoHandError.
+    def _as_hand(self, hand: str | None, run):
+        """``run()`` (a frame's passes, -> (uvd, crop, xyz m, gap)) as ``hand`` -> (its result, None);
+        for a right-hand network with ``hand`` None, as each hand -> (the result of the hand the
+        track's vote calls, the vote's sum with this frame's margin in it). Sets ``self._hand``.
 
-        Shown the wrong hand, the network hedges towards its mean pose. 24-minute right-hand weights,
-        300 held-out frames run both ways: that picks the hand in 84 % of them (22.2 mm; told, 18.0
-        mm), joints on the crop's surface (``agree`` of :func:`fit_score`) in 65 % (28.1 mm). On the first
-        500 held-out frames (evaluate_deep_prior --handedness auto): 84.6 %, 21.6 mm (told: 17.5 mm)."""
+        A frame's margin is how much farther the left run's final joints lie from the network's mean
+        pose than the right run's (normalized units): shown the wrong hand, the network hedges
+        towards its mean pose. 24-minute right-hand weights, 300 held-out frames run both ways: one
+        frame's margin picks the hand in 84 % of them (22.2 mm; told, 18.0 mm), joints on the crop's
+        surface (``agree`` of :func:`fit_score`) in 65 % (28.1 mm). On the first 500 held-out frames
+        (evaluate_deep_prior --handedness auto): 84.6 %, 21.6 mm (told: 17.5 mm)."""
         if self.hands != "right" or hand is not None:
             self._hand = hand
-            return self._searched(depth_mm, intrinsics)
+            return run(), None
         results = {}
         for hand in ("right", "left"):
             self._hand = hand
-            results[hand] = self._searched(depth_mm, intrinsics)
+            results[hand] = run()
         spread = {h: float(np.linalg.norm(r[0] - self._mean_pose, axis=1).mean()) for h, r in results.items()}
-        self._hand = "left" if spread["left"] > spread["right"] else "right"
-        return results[self._hand]
+        self._hand, total = self._vote.weigh(spread["left"] - spread["right"])
+        return results[self._hand], total
 
-    def _tracked(self, depth_mm: np.ndarray, intrinsics: Intrinsics, key: tuple):
-        """This frame from the previous one's joints -> (uvd, crop, xyz m), or None to search instead."""
+    def _tracked(self, depth_mm: np.ndarray, intrinsics: Intrinsics, key: tuple, hand: str | None):
+        """This frame from the previous one's joints, as ``hand`` (see :meth:`_as_hand`) -> ((uvd,
+        crop, xyz m, gap), vote sum or None), or None to search instead."""
         redetect = int(self.track_cfg["redetect_every"])
-        if self._track is None or self._track_key != key or (redetect > 0 and self._tracked_frames + 1 >= redetect):
+        if self._track is None or self._track_key != key:
             self.reset()
+            return None
+        if redetect > 0 and self._tracked_frames + 1 >= redetect:
+            self._track = None  # search again; the same hand, so its vote goes on
             return None
         centre_mm, rotation_deg = self._track
         crop = self.codec.encode_mm(depth_mm, intrinsics, com_xyz_mm=centre_mm, rotation_deg=rotation_deg)
         if float(np.mean(crop.image < 1.0)) < self.track_cfg["min_fill"]:
             self.reset()  # the hand left the tracked cube
             return None
-        return self._passes(depth_mm, intrinsics, crop, int(self.track_cfg["passes"]),
-                            self.average_final and bool(self.track_cfg["flip_average"]), rotation_deg)
+        return self._as_hand(hand, lambda: self._passes(depth_mm, intrinsics, crop, int(self.track_cfg["passes"]),
+                                                        self.average_final and bool(self.track_cfg["flip_average"]),
+                                                        rotation_deg))
 
     def debug_image(self, image: np.ndarray, poses: list[HandPose], scale: int = 3) -> np.ndarray:
         """(S*scale, S*scale, 3) uint8 RGB: the first hand's normalized crop with its skeleton.

@@ -46,3 +46,43 @@ class Handedness:
             raise HandPoseError(f"handedness must be one of {HANDEDNESS}, got {value!r}")
         self._handedness = value
         self.reset()
+
+
+class HandVote:
+    """``auto`` handedness over a track: the evidence of its first ``window`` frames, summed.
+
+    Each frame a right-hand network runs as both hands gives a margin, the left way's score minus
+    the right way's (positive: a left hand); the hand taken is the sign of the margins summed over
+    the track so far, and after ``window`` frames the track keeps it and runs one way only. One
+    frame's pick is right in four or five frames of five, but frames of one track often err the
+    same way, so the sum gains only as the hand moves, and a tracked frame runs both ways until the
+    vote settles. RGB sums 60 frames; depth decides on the first (``window`` 1), where running the
+    wrong hand mid-track cost more than the vote gained (see each pipeline's module doc).
+    """
+
+    def __init__(self, window: int) -> None:
+        if not (isinstance(window, int) and window >= 1):
+            raise HandPoseError(f"handedness_frames must be an integer >= 1, got {window!r}")
+        self.window = window
+        self.reset()
+
+    def reset(self) -> None:
+        """A new track: no evidence yet."""
+        self.total = 0.0
+        self.frames = 0
+
+    @property
+    def settled(self) -> bool:
+        """The track has weighed ``window`` frames: it keeps its hand."""
+        return self.frames >= self.window
+
+    def weigh(self, left_margin: float) -> tuple[str, float]:
+        """This frame's margin (left minus right) -> (the hand the sum calls, right on a tie; the sum),
+        without keeping it: :meth:`keep` the sum if the track goes on."""
+        total = self.total + float(left_margin)
+        return ("left" if total > 0 else "right"), total
+
+    def keep(self, total: float) -> None:
+        """The track goes on with this frame's sum (from :meth:`weigh`)."""
+        self.total = total
+        self.frames += 1
