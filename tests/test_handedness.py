@@ -75,14 +75,23 @@ def test_cpm_right_hand_recipe_mirrors_left_hands_only(cpm_crops):
 def test_cpm_crop_protocols_known_and_auto(cpm_crops):
     from handpose_core.codecs.belief_maps import BeliefMapCodec, InputSpec
     from handpose_core.models import create_model
-    from handpose_core.training.cpm_task import evaluate_crop_set
+    from handpose_core.training.cpm_task import evaluate_crop_set, held_out_crops
 
     torch.manual_seed(0)
     model = create_model("cpm_tiny").eval()
     codec, spec = BeliefMapCodec(input_size=64, stride=8, sigma_px=4.0), InputSpec(size=64)
     cpu = torch.device("cpu")
     none = evaluate_crop_set(model, codec, spec, cpm_crops, cpu, "none")
-    known = evaluate_crop_set(model, codec, spec, cpm_crops, cpu, "known")
+    stages: list = []
+    known = evaluate_crop_set(model, codec, spec, cpm_crops, cpu, "known", stages)
+    # each stage's whole result, the figures per_stage reports and the PCK curve
+    assert len(stages) == len(known["per_stage"]) == 2 and stages[-1]["pck@0.2"] == known["pck@0.2"]
+    assert stages[0]["pck@0.2"] == known["per_stage"]["stage1"]["pck@0.2"] and "curve" in stages[0]
+    # one item of the held-out crops, cut as in the whole set
+    every = held_out_crops(cpm_crops, 64, mirror=cpm_crops.is_left)
+    one = held_out_crops(cpm_crops, 64, mirror=cpm_crops.is_left, indices=[3])
+    for a, b in zip(every, one, strict=True):
+        np.testing.assert_array_equal(a[3:4], b)
     auto = evaluate_crop_set(model, codec, spec, cpm_crops, cpu, "auto")
     assert none["mean_confidence"] != pytest.approx(known["mean_confidence"])  # left crops were mirrored
     # auto keeps each crop's more confident way: at least as confident as either way alone

@@ -224,7 +224,9 @@ def main(argv: list[str] | None = None) -> dict:
     t_data = time.perf_counter() - t0
     t0 = time.perf_counter()
     right = blob["meta"].get("pipeline", {}).get("hands") == "right"
-    crops_result = evaluate_crop_set(model, codec, spec, data, torch.device("cpu"), "known" if right else "none")
+    stages: list[dict] = []  # each stage's evaluate_2d result, for the curves
+    crops_result = evaluate_crop_set(model, codec, spec, data, torch.device("cpu"), "known" if right else "none",
+                                     stages)
     t_eval = time.perf_counter() - t0
     result = {
         "checkpoint": args.checkpoint, "model": blob["model"], "held_out": {"source": "synthetic", "seed": args.seed,
@@ -246,15 +248,14 @@ def main(argv: list[str] | None = None) -> dict:
         result["hand_free"] = evaluate_hand_free(model, codec, spec, free, torch.device("cpu"),
                                                  cache_margin=d.cache_margin)
     # curves: every stage (crop protocol) and the pipelines
-    crops, gt, _ = held_out_crops(data, spec.size, mirror=data.is_left if right else False)
-    uv, _, _ = predict_crops(model, codec, spec, crops, torch.device("cpu"))
-    curves = {f"stage {t + 1}": evaluate_2d(uv[t], gt, data.valid) for t in range(len(uv))}
+    curves = {f"stage {t + 1}": r for t, r in enumerate(stages)}
     for key, label in (("pipeline_depth", "pipeline (depth)"), ("pipeline_search", "pipeline (search)"),
                        ("tracking", "tracked sequences")):
         if key in result:
             curves[label] = result[key]
     plot_pck(curves, args.plot, title=f"{blob['model']['name']}: PCK on {len(data)} held-out synthetic hands")
-    stage_picture(model, codec, spec, crops[args.stage_frame], gt[args.stage_frame], Path(args.stages_png))
+    crop, gt, _ = held_out_crops(data, spec.size, mirror=data.is_left if right else False, indices=[args.stage_frame])
+    stage_picture(model, codec, spec, crop[0], gt[0], Path(args.stages_png))
     write_json(args.json, result)
     table = ["| stage | PCK@0.2 | AUC 0-0.5 | EPE px |", "|---|---|---|---|"]
     for name, s in crops_result["per_stage"].items():

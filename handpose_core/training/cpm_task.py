@@ -32,7 +32,7 @@ import hashlib
 import json
 import logging
 import multiprocessing as mp
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -586,14 +586,17 @@ def predict_crops(model: torch.nn.Module, codec: BeliefMapCodec, spec: InputSpec
 
 
 def held_out_crops(data: CropSet, input_size: int, cache_margin: float = DataConfig.cache_margin,
-                   mirror: np.ndarray | bool = False) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+                   mirror: np.ndarray | bool = False, indices: Sequence[int] | None = None
+                   ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """Deterministic evaluation crops (GT box, ``1.5`` margin): (N, S, S, 3), (N, K, 2) crop px, (N, 2, 3).
 
     ``mirror``: (N,) bool, or one bool for every crop: flip those crops left-right (labels too).
+    ``indices``: only these items (default all), each cut as in the whole set.
     """
     rng = np.random.default_rng(0)
     flags = np.broadcast_to(np.asarray(mirror, bool), (len(data),))
-    rows = [training_sample(data, i, rng, input_size, None, cache_margin, bool(flags[i])) for i in range(len(data))]
+    rows = [training_sample(data, i, rng, input_size, None, cache_margin, bool(flags[i]))
+            for i in (range(len(data)) if indices is None else indices)]
     crops, uv, warps = zip(*rows, strict=True)
     return np.stack(crops), np.stack(uv), np.stack(warps)
 
@@ -602,10 +605,13 @@ CROP_HANDEDNESS = ("none", "known", "auto")  # evaluate_crop_set's ways to feed 
 
 
 def evaluate_crop_set(model: torch.nn.Module, codec: BeliefMapCodec, spec: InputSpec, data: CropSet,
-                      device: torch.device, handedness: str = "none") -> dict[str, Any]:
+                      device: torch.device, handedness: str = "none", stage_results: list | None = None
+                      ) -> dict[str, Any]:
     """PCK/AUC/EPE of the last stage and PCK@0.2 of every stage on GT-box crops of ``data``.
 
     EPE is reported in source-image pixels (crop errors mapped back through the crop warps).
+    ``stage_results``: a list that gets each stage's whole :func:`evaluate_2d` result, PCK curve
+    included (for a plot, without running the crops again).
 
     ``handedness`` (how a right-hand-only network, ``Recipe.hands == "right"``, is fed):
     ``none``: every crop as it is (a network that saw both hands); ``known``: left hands' crops
@@ -637,6 +643,8 @@ def evaluate_crop_set(model: torch.nn.Module, codec: BeliefMapCodec, spec: Input
         src_pred = np.stack([warp_points(warp_points(p, w, inverse=True), cw, inverse=True)
                              for p, w, cw in zip(uv[t], warps, data.warps, strict=True)])
         r = evaluate_2d(src_pred, src_gt, data.valid, HAND21.joint_names)
+        if stage_results is not None:
+            stage_results.append(r)
         if t == len(uv) - 1:
             result.update(r)
             vis = evaluate_2d(src_pred, src_gt, data.valid, HAND21.joint_names, counted=data.visible)
