@@ -13,6 +13,7 @@ from handpose_core.camera import Intrinsics
 from handpose_core.checkpoint import load_checkpoint, save_checkpoint
 from handpose_core.codecs.belief_maps import CropBox, crop_image, warp_points
 from handpose_core.data.synthetic import SynthConfig, SyntheticHands
+from handpose_core.keypoints import HAND21
 from handpose_core.pipelines import depth as depth_pipeline
 from handpose_core.pipelines.depth import save_untrained as save_untrained_depth
 from handpose_core.pipelines.hands import HandVote
@@ -370,6 +371,24 @@ def test_training_commands_choose_the_hands():
     assert recipe("default").hands == "right" and recipe("seed").hands == "both"
 
 
+def test_hand_tally_counts_the_frames_that_took_their_own_hand():
+    from handpose_core.estimator import HandPose
+    from training import HandTally
+
+    def pose(hand):
+        return [HandPose(np.zeros((21, 2), np.float32), np.zeros((21, 3), np.float32), np.ones(21, np.float32),
+                         HAND21.joint_names, (0.0, 0.0, 1.0, 1.0), {"handedness": hand})]
+
+    tally = HandTally("auto")
+    for poses, is_left in ((pose("left"), True), (pose("right"), True), (pose("right"), False), ([], True),
+                           (pose(None), False)):  # no hand found / a both-hands network: not counted
+        tally.add(poses, is_left)
+    assert tally.figures() == {"handedness_accuracy": pytest.approx(2 / 3)}
+    told = HandTally("known")
+    told.add(pose("right"), True)
+    assert told.figures() == {} and HandTally("auto").figures() == {}
+
+
 def test_evaluators_tell_the_hand_or_not(tmp_path):
     """A right-hand checkpoint: the evaluators' headline tells each frame's hand (``known``), report
     how ``auto`` picks the hand, and say which protocol ran."""
@@ -382,10 +401,14 @@ def test_evaluators_tell_the_hand_or_not(tmp_path):
     out = tmp_path / "ev"
     for protocol in ("known", "auto"):
         assert evaluate_deep_prior(["--checkpoint", str(tmp_path / "dp.pt"), "--n-test", "3", "--out", str(out),
-                                    "--name", protocol, "--handedness", protocol, "--no-progress"]) == 0
+                                    "--name", protocol, "--handedness", protocol, "--no-progress",
+                                    "--sequences", "1", "--sequence-frames", "2"]) == 0
     known, auto = (json.loads((out / f"{p}.json").read_text()) for p in ("known", "auto"))
     assert known["hands"] == "right" and known["handedness"] == "known" and "handedness_accuracy" not in known
     assert auto["handedness"] == "auto" and 0.0 <= auto["handedness_accuracy"] <= 1.0
+    for mode in ("tracked", "per_frame"):  # the streams say how often auto took the hand too
+        assert 0.0 <= auto["tracking"][mode]["handedness_accuracy"] <= 1.0
+        assert "handedness_accuracy" not in known["tracking"][mode]
     path = save_untrained_rgb(tmp_path / "cpm.pt", variant="cpm_tiny")
     blob = load_checkpoint(path)
     blob["meta"]["pipeline"].update(hands="right", flip_average=False)

@@ -25,3 +25,21 @@ def hand_of(is_left: bool, protocol: str) -> str:
     if protocol not in HANDEDNESS_PROTOCOLS:
         raise ValueError(f"handedness protocol must be one of {HANDEDNESS_PROTOCOLS}, got {protocol!r}")
     return ("left" if is_left else "right") if protocol == "known" else "auto"
+
+
+class HandTally:
+    """How often an estimator on ``auto`` took each frame's own hand: :meth:`add` each frame's poses,
+    then :meth:`figures` gives ``{"handedness_accuracy": share}`` (empty where no pose said a hand:
+    a network that saw both hands, or the hand told)."""
+
+    def __init__(self, protocol: str) -> None:
+        self.counting = protocol == "auto"
+        self.correct: list[bool] = []
+
+    def add(self, poses: Sequence, is_left: bool) -> None:
+        """One frame's ``predict`` result and its true hand."""
+        if self.counting and poses and poses[0].extras.get("handedness"):
+            self.correct.append(poses[0].extras["handedness"] == ("left" if is_left else "right"))
+
+    def figures(self) -> dict[str, float]:
+        return {"handedness_accuracy": sum(self.correct) / len(self.correct)} if self.correct else {}

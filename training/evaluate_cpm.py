@@ -56,7 +56,7 @@ from handpose_core.training.cpm_task import (
     predict_crops,
 )
 from handpose_core.training.metrics_2d import bbox_size, evaluate_2d, plot_pck
-from training import HANDEDNESS_PROTOCOLS, command_line, hand_of
+from training import HANDEDNESS_PROTOCOLS, HandTally, command_line, hand_of
 
 
 def load_model(path: str | Path, device: torch.device):
@@ -97,7 +97,7 @@ def pipeline_eval(checkpoint: str, seed: int, frames: int, handedness: str = "kn
     est = HandPoseEstimator.from_checkpoint(checkpoint, device="cpu")
     out = {}
     for mode in ("depth", "search"):
-        preds, gts, times, found = [], [], [], 0
+        preds, gts, times, found, hands = [], [], [], 0, HandTally(handedness)
         for i in range(frames):
             s = gen[i]
             # each frame on its own (setting the hand forgets the track): no tracking between unrelated frames
@@ -109,12 +109,14 @@ def pipeline_eval(checkpoint: str, seed: int, frames: int, handedness: str = "kn
                 poses = est.predict(s.rgb)
             times.append((time.perf_counter() - t0) * 1000)
             found += bool(poses)
+            hands.add(poses, s.is_left)
             preds.append(poses[0].uv_px if poses else np.full((21, 2), np.nan, np.float32))
             gts.append(s.uv_px)
         r = evaluate_2d(np.stack(preds), np.stack(gts), joint_names=HAND21.joint_names)
         r.pop("per_joint")
         r["detected"] = found / frames
         r["latency_median_ms"] = float(np.median(times))
+        r.update(hands.figures())
         out[f"pipeline_{mode}"] = r
     return out
 
@@ -126,12 +128,13 @@ def tracking_eval(checkpoint: str, seed: int, sequences: int, frames: int, hande
 
     gen = SyntheticHands(seed=seed)
     est = HandPoseEstimator.from_checkpoint(checkpoint, device="cpu")
-    preds, gts = [], []
+    preds, gts, hands = [], [], HandTally(handedness)
     for q in tqdm(range(sequences), desc="tracking", unit="seq"):
         # one hand per sequence, its first key's (SyntheticHands.trajectory); setting it forgets the track
         est.handedness = hand_of(gen.sample_params(q).is_left, handedness)
         for s in gen.trajectory(frames, start_index=q):
             poses = est.predict(s.rgb)
+            hands.add(poses, s.is_left)
             preds.append(poses[0].uv_px if poses else np.full((21, 2), np.nan, np.float32))
             gts.append(s.uv_px)
     pred, gt = np.stack(preds), np.stack(gts)
@@ -143,7 +146,7 @@ def tracking_eval(checkpoint: str, seed: int, sequences: int, frames: int, hande
     r.pop("per_joint")
     r.update(sequences=sequences, frames_per_sequence=frames, detected=float(found.mean()),
              off_hand=float((err[found] > bbox_size(gt)[found]).sum() / max(found.sum(), 1)),
-             per_sequence_epe_px=per_seq)
+             per_sequence_epe_px=per_seq, **hands.figures())
     return r
 
 

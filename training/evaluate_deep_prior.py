@@ -37,7 +37,7 @@ from handpose_core.data.synthetic import SynthConfig, SyntheticHands
 from handpose_core.errors import HandPoseError
 from handpose_core.estimator import resolve_checkpoint
 from handpose_core.training.metrics import plot_curves, pose_metrics
-from training import HANDEDNESS_PROTOCOLS, command_line, hand_of
+from training import HANDEDNESS_PROTOCOLS, HandTally, command_line, hand_of
 
 TEST_SEED = 1000  # training uses small data seeds; held-out frames come from this one
 
@@ -49,7 +49,7 @@ def evaluate(checkpoint: str, n_test: int, seed: int = TEST_SEED, device: str = 
     est = HandPoseEstimator.from_checkpoint(checkpoint, device=device, tracking=False)
     gen = SyntheticHands(SynthConfig(render_rgb=False), seed=seed)
     preds, gts, found = [], [], []
-    t_predict, hand_correct = [], []
+    t_predict, hands = [], HandTally(handedness)
     for i in tqdm(range(n_test), desc="evaluate", disable=not progress, unit="frame"):
         sample = gen[i]
         est.handedness = hand_of(sample.is_left, handedness)
@@ -58,8 +58,7 @@ def evaluate(checkpoint: str, n_test: int, seed: int = TEST_SEED, device: str = 
         t_predict.append(time.perf_counter() - t0)
         gts.append(sample.xyz_m * 1000.0)
         found.append(bool(poses))
-        if poses and poses[0].extras.get("handedness"):
-            hand_correct.append(poses[0].extras["handedness"] == ("left" if sample.is_left else "right"))
+        hands.add(poses, sample.is_left)
         preds.append(poses[0].xyz_m * 1000.0 if poses else np.full_like(sample.xyz_m, np.nan))
     pred, gt, found = np.asarray(preds), np.asarray(gts), np.asarray(found)
     if not found.any():
@@ -77,8 +76,7 @@ def evaluate(checkpoint: str, n_test: int, seed: int = TEST_SEED, device: str = 
         "predict_ms_p50": float(np.median(t_predict) * 1e3), "device": str(est.device),
         "hands": est.hands, "handedness": handedness if est.hands == "right" else "not used",
     })
-    if handedness == "auto" and hand_correct:
-        figures["handedness_accuracy"] = float(np.mean(hand_correct))
+    figures.update(hands.figures())
     return figures
 
 
@@ -90,13 +88,14 @@ def tracking_eval(checkpoint: str, sequences: int, frames: int, seed: int = TEST
     out: dict = {"sequences": sequences, "frames_per_sequence": frames, "seed": seed}
     for mode, tracking in (("tracked", True), ("per_frame", False)):
         est = HandPoseEstimator.from_checkpoint(checkpoint, device=device, tracking=tracking)
-        errors, times, tracked = [], [], 0
+        errors, times, tracked, hands = [], [], 0, HandTally(handedness)
         for stream in tqdm(streams, desc=f"sequences, {mode}", disable=not progress, unit="seq"):
             est.handedness = hand_of(stream[0].is_left, handedness)  # one hand per sequence; resets
             for s in stream:
                 t0 = time.perf_counter()
                 poses = est.predict(s.depth_mm, s.intrinsics)
                 times.append(time.perf_counter() - t0)
+                hands.add(poses, s.is_left)
                 if poses:
                     tracked += poses[0].extras.get("box_source") == "track"
                     errors.append(np.linalg.norm(poses[0].xyz_m - s.xyz_m, axis=1) * 1000.0)
@@ -108,7 +107,7 @@ def tracking_eval(checkpoint: str, sequences: int, frames: int, seed: int = TEST
                      "frames_within_40mm": float((err.max(axis=1) <= 40).mean()),
                      "detection_rate": float(found.mean()), "tracked_share": tracked / len(err),
                      "predict_ms_p50": float(np.median(times) * 1e3),
-                     "predict_ms_p95": float(np.percentile(times, 95) * 1e3)}
+                     "predict_ms_p95": float(np.percentile(times, 95) * 1e3), **hands.figures()}
     return out
 
 
