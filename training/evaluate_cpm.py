@@ -270,9 +270,11 @@ def main(argv: list[str] | None = None) -> dict:
         printed["crops_auto"] = result["crops_auto"]
     for k in ("pipeline_depth", "pipeline_search"):
         if k in result:
-            printed[k] = {kk: result[k][kk] for kk in ("pck@0.2", "auc", "detected", "latency_median_ms")}
+            printed[k] = {kk: result[k][kk] for kk in ("pck@0.2", "auc", "detected", "latency_median_ms",
+                                                        "handedness_accuracy") if kk in result[k]}
     if "tracking" in result:
-        printed["tracking"] = {k: result["tracking"][k] for k in ("pck@0.2", "epe_mean_px", "detected", "off_hand")}
+        printed["tracking"] = {k: result["tracking"][k] for k in ("pck@0.2", "epe_mean_px", "detected", "off_hand",
+                                                                  "handedness_accuracy") if k in result["tracking"]}
     if "hand_free" in result:
         printed["hand_free"] = result["hand_free"]
     printed["model_forward"] = result["timing"]["model_forward"]

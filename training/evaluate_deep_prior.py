@@ -151,12 +151,15 @@ def main(argv: list[str] | None = None) -> int:
     img = plot_curves({figures["model"]: (figures["thresholds_mm"], figures["fraction_within"])}, title)
     write_png(out / f"{args.name}.png", img)
     print(f"mean error {figures['mean_error_mm']:.2f} mm (detected frames), detection {figures['detection_rate']:.1%}, "
-          f"worst joint within 40 mm: {figures['frames_within_40mm']:.1%}; wrote {out}/{args.name}.json/.png")
+          f"worst joint within 40 mm: {figures['frames_within_40mm']:.1%}"
+          + (f", the hand's own taken in {figures['handedness_accuracy']:.1%}" if "handedness_accuracy" in figures
+             else "") + f"; wrote {out}/{args.name}.json/.png")
     for mode, r in figures.get("tracking", {}).items():
         if isinstance(r, dict):
             print(f"sequences, {mode}: mean error {r['mean_error_mm']:.2f} mm, within 40 mm "
                   f"{r['frames_within_40mm']:.1%}, tracked {r['tracked_share']:.0%} of frames, "
-                  f"predict p50 {r['predict_ms_p50']:.2f} ms (p95 {r['predict_ms_p95']:.2f})")
+                  f"predict p50 {r['predict_ms_p50']:.2f} ms (p95 {r['predict_ms_p95']:.2f})"
+                  + (f", the hand's own taken in {r['handedness_accuracy']:.1%}" if "handedness_accuracy" in r else ""))
     if args.record:
         path = resolve_checkpoint(args.checkpoint)
         update_meta(path, held_out=headline(figures, command_line("training.evaluate_deep_prior", argv)))
