@@ -156,8 +156,9 @@ class HandPoseEstimator:
 
     @property
     def handedness(self) -> str:
-        """Which hand is in view: ``right``, ``left`` or ``auto`` (a right-hand network runs a frame
-        without a track as each hand and keeps the better fit; then the track keeps that hand).
+        """Which hand is in view: ``right``, ``left`` or ``auto`` (a right-hand network runs frames as
+        each hand and takes the better fit, weighed over a track's first frames; then the track keeps
+        that hand: :class:`~handpose_core.pipelines.hands.HandVote`).
         Ignored by a network that saw both hands. ``HandPose.extras["handedness"]`` says which hand a
         right-hand network took. Setting it forgets the track."""
         return self._pipeline.handedness

@@ -86,7 +86,7 @@ PARAMETERS: dict[str, tuple[object, str]] = {
                        "lost, and for depth once a second); false: every frame on its own"),
     "handedness": ("auto", "which hand is in view: right, left or auto. Used by networks trained on right "
                            "hands (the training recipes' default), which see a left hand mirrored; auto tries "
-                           "both where there is no track and is less accurate than telling it"),
+                           "both over a track's first frames and is less accurate than telling it"),
     "autostart": (True, "configure and activate on start-up, without a lifecycle manager"),
     "publish_markers": (True, "publish the RViz skeleton on ~/markers"),
     "min_confidence": (0.0, "joints below this confidence are left out of ~/markers and ~/wrist_pose"),
