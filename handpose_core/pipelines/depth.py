@@ -56,7 +56,7 @@ u negated back out), so a left hand is the mirror image of a right one, exactly.
 where a searched frame that starts a track runs every pass as each hand and keeps the one whose
 joints lie farther from the network's mean pose (shown the wrong hand, it hedges), and the track keeps
 that hand, through its re-searches too (``track.handedness_frames``, default 1: more frames weigh
-the hand longer, see :class:`~handpose_core.pipelines.hands.HandVote`; it did not pay here). That
+the hand longer, see :class:`~handpose_core.pipelines.hands.HandVote`; no setting won clearly). That
 takes the wrong hand in about one frame in six and costs accuracy (see the README): tell it.
 ``HandPose.extras["handedness"]`` says which was taken (None for a network that saw both hands).
 Such a network is not mirror-averaged (``flip_average``: the mirror is the other hand); its final
@@ -105,11 +105,12 @@ TRACK_DEFAULTS: dict[str, Any] = {
     "flip_average": False,
     # a right-hand network on handedness auto: the frames of a track over which both hands are run
     # and their margins summed before the track keeps one hand (HandVote). 1: the hand is decided on
-    # the frame that starts the track and kept, re-searches (redetect_every) included. 24-min
-    # right-hand weights, 40 x 60 held-out frames (evaluate_deep_prior --sequences 40 --handedness
-    # auto), tracked: 15.07 mm (1), 16.21 mm (10), 16.67 mm (60); deciding afresh on each re-search,
-    # as before, 16.13 mm; the hand told 13.35 mm. Running the other hand on tracked frames and
-    # switching to it mid-track cost more than the vote gained.
+    # the frame that starts the track and kept, re-searches (redetect_every) included, which then run
+    # one way. Tracked, 40 x 60 held-out frames (evaluate_deep_prior --sequences 40 --handedness
+    # auto), 1 / 10 / 60 frames / deciding afresh on each re-search (as before): 24-min right-hand
+    # weights 15.07 / 16.21 / 16.67 / 16.13 mm (told 13.35); 60-min weights 17.40 / - / 16.83 / 16.87
+    # mm. No setting won on both: a few sequences with the wrong hand decide each figure. 1 is the
+    # cheapest.
     "handedness_frames": 1,
 }
 

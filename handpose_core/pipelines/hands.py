@@ -56,8 +56,8 @@ class HandVote:
     the track so far, and after ``window`` frames the track keeps it and runs one way only. One
     frame's pick is right in four or five frames of five, but frames of one track often err the
     same way, so the sum gains only as the hand moves, and a tracked frame runs both ways until the
-    vote settles. RGB sums 60 frames; depth decides on the first (``window`` 1), where running the
-    wrong hand mid-track cost more than the vote gained (see each pipeline's module doc).
+    vote settles. RGB sums 60 frames; depth decides on the first (``window`` 1), where summing more
+    did not score clearly better (see each pipeline's module doc).
     """
 
     def __init__(self, window: int) -> None:
