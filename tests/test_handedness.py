@@ -137,11 +137,11 @@ def test_hand_vote_sums_a_tracks_margins_then_settles():
     hand, total = vote.weigh(0.3)
     assert hand == "left" and total == pytest.approx(0.3) and vote.total == 0.0  # weighed, not kept
     vote.keep(total)
-    assert not vote.settled
+    assert not vote.settled and vote.hand == "left"
     hand, total = vote.weigh(-0.5)  # one frame the other way outweighs the first
     assert hand == "right" and total == pytest.approx(-0.2)
     vote.keep(total)
-    assert vote.settled and vote.frames == 2
+    assert vote.settled and vote.frames == 2 and vote.hand == "right"  # the hand the kept sum calls
     vote.reset()
     assert not vote.settled and vote.total == 0.0
     for bad in (0, 1.5, "3"):

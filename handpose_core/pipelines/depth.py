@@ -236,7 +236,6 @@ class DepthPipeline(Handedness):
         """Forget the track: the next frame is searched as an unrelated one."""
         self._track: tuple[np.ndarray, float] | None = None  # (joint centroid mm, crop rotation deg)
         self._track_key: tuple | None = None
-        self._track_hand: str | None = None
         self._tracked_frames = 0
         self._vote.reset()
 
@@ -303,10 +302,7 @@ class DepthPipeline(Handedness):
             raise HandPoseError("a depth model needs camera intrinsics (fx, fy, cx, cy)")
         depth_mm = depth_to_mm(image)
         key = (image.shape, intrinsics.as_tuple())
-        # the hand told; with auto, the track's once its vote has settled; None: both hands are run
-        hand = None if self.hands != "right" or self.handedness == "auto" else self.handedness
-        if hand is None and self._vote.settled:
-            hand = self._track_hand
+        hand = self._frame_hand(continuing=True)  # a lost track has reset its vote
         found = self._tracked(depth_mm, intrinsics, key, hand) if self.tracking else None
         source = "track"
         if found is None:
@@ -322,7 +318,6 @@ class DepthPipeline(Handedness):
         if self.tracking and float(confidence.mean()) >= self.track_cfg["min_confidence"]:
             self._track = self._next_crop(uv_px, xyz_m)
             self._track_key = key
-            self._track_hand = self._hand
             self._tracked_frames = 0 if source == "search" else self._tracked_frames + 1
             if vote is not None:
                 self._vote.keep(vote)

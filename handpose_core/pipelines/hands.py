@@ -27,9 +27,22 @@ def check_hands(hands: str, flip_average: bool, where: str) -> str:
 
 class Handedness:
     """The ``handedness`` attribute of a pipeline: checked on setting, and setting it calls
-    ``reset()`` (a track belongs to one hand)."""
+    ``reset()`` (a track belongs to one hand). The pipeline sets ``hands`` and ``_vote`` (its
+    track's :class:`HandVote`)."""
 
     _handedness = "auto"
+    hands = "both"
+    _vote: HandVote
+
+    def _frame_hand(self, continuing: bool) -> str | None:
+        """The hand to run this frame as: None for a network that saw both hands; the hand told;
+        on ``auto``, the one the track's vote settled on where this frame ``continuing`` the track,
+        else None (both ways)."""
+        if self.hands != "right":
+            return None
+        if self.handedness != "auto":
+            return self.handedness
+        return self._vote.hand if continuing and self._vote.settled else None
 
     def reset(self) -> None:  # pragma: no cover - each pipeline has its own
         raise NotImplementedError
@@ -72,6 +85,11 @@ class HandVote:
         self.frames = 0
 
     @property
+    def hand(self) -> str:
+        """The hand the sum so far calls (right on a tie, as :meth:`weigh`)."""
+        return _called(self.total)
+
+    @property
     def settled(self) -> bool:
         """The track has weighed ``window`` frames: it keeps its hand."""
         return self.frames >= self.window
@@ -80,9 +98,14 @@ class HandVote:
         """This frame's margin (left minus right) -> (the hand the sum calls, right on a tie; the sum),
         without keeping it: :meth:`keep` the sum if the track goes on."""
         total = self.total + float(left_margin)
-        return ("left" if total > 0 else "right"), total
+        return _called(total), total
 
     def keep(self, total: float) -> None:
         """The track goes on with this frame's sum (from :meth:`weigh`)."""
         self.total = total
         self.frames += 1
+
+
+def _called(left_margin: float) -> str:
+    """The hand a summed margin calls: left where positive, right otherwise (a tie too)."""
+    return "left" if left_margin > 0 else "right"

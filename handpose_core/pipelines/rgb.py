@@ -205,7 +205,6 @@ class RGBPipeline(Handedness):
         self.depth_codec = DepthCropCodec()
         self._track: CropBox | None = None
         self._track_shape: tuple[int, int] | None = None
-        self._track_hand: str | None = None
         self._vote = HandVote(cfg["handedness_frames"])
         self.handedness = cfg["handedness"]
 
@@ -213,7 +212,6 @@ class RGBPipeline(Handedness):
         """Forget the tracked box (next frame searches again)."""
         self._track = None
         self._track_shape = None
-        self._track_hand = None
         self._vote.reset()
 
     # -- network ---------------------------------------------------------------------------------
@@ -353,10 +351,7 @@ class RGBPipeline(Handedness):
                 self.reset()
                 return []
 
-        # the hand told; with auto, the track's once its vote has settled; None: the crop runs both ways
-        hand = self.handedness
-        if hand == "auto":
-            hand = self._track_hand if source == "track" and self._vote.settled else None
+        hand = self._frame_hand(continuing=source == "track")
         if source != "track":
             self._vote.reset()  # a new track (the ROI's frames are each one)
         out, vote = self._choose(self._predict_box(rgb, box, hand))
@@ -369,7 +364,6 @@ class RGBPipeline(Handedness):
         if self.tracking and source != "roi" and mean_conf >= self.cfg["track_min_confidence"]:
             self._track = self._fitted_box(out)
             self._track_shape = (h, w)
-            self._track_hand = out["hand"]
             if vote is not None:
                 self._vote.keep(vote)
         else:
