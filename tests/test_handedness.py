@@ -297,6 +297,12 @@ def test_depth_auto_keeps_the_hand_farther_from_the_mean_pose(tmp_path, index):
     hands.clear()
     redetected = tracked.predict(s.depth_mm, s.intrinsics)[0]
     assert redetected.extras["box_source"] == "search" and set(hands) == {second.extras["handedness"]}
+    # a track that is lost (here: the hand "left" its cube) takes its vote with it: the frame that
+    # searches afresh weighs both hands again
+    pipe.track_cfg.update(redetect_every=0, min_fill=2.0)
+    hands.clear()
+    lost = tracked.predict(s.depth_mm, s.intrinsics)[0]
+    assert lost.extras["box_source"] == "search" and set(hands) == {"right", "left"}
 
 
 def test_depth_checkpoint_hands_are_checked(tmp_path):

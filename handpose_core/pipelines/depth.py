@@ -302,13 +302,14 @@ class DepthPipeline(Handedness):
             raise HandPoseError("a depth model needs camera intrinsics (fx, fy, cx, cy)")
         depth_mm = depth_to_mm(image)
         key = (image.shape, intrinsics.as_tuple())
-        hand = self._frame_hand(continuing=True)  # a lost track has reset its vote
-        found = self._tracked(depth_mm, intrinsics, key, hand) if self.tracking else None
+        found = self._tracked(depth_mm, intrinsics, key) if self.tracking else None
         source = "track"
         if found is None:
             source = "search"
             try:
-                found = self._as_hand(hand, lambda: self._searched(depth_mm, intrinsics))
+                # after _tracked: a track it dropped has reset its vote, a re-search keeps it
+                found = self._as_hand(self._frame_hand(continuing=True),
+                                      lambda: self._searched(depth_mm, intrinsics))
             except NoHandError:
                 self.reset()
                 return []
@@ -422,9 +423,9 @@ class DepthPipeline(Handedness):
         self._hand, total = self._vote.weigh(spread["left"] - spread["right"])
         return results[self._hand], total
 
-    def _tracked(self, depth_mm: np.ndarray, intrinsics: Intrinsics, key: tuple, hand: str | None):
-        """This frame from the previous one's joints, as ``hand`` (see :meth:`_as_hand`) -> ((uvd,
-        crop, xyz m, gap), vote sum or None), or None to search instead."""
+    def _tracked(self, depth_mm: np.ndarray, intrinsics: Intrinsics, key: tuple):
+        """This frame from the previous one's joints, as the track's hand (see :meth:`_as_hand`) ->
+        ((uvd, crop, xyz m, gap), vote sum or None), or None to search instead."""
         redetect = int(self.track_cfg["redetect_every"])
         if self._track is None or self._track_key != key:
             self.reset()
@@ -437,9 +438,10 @@ class DepthPipeline(Handedness):
         if float(np.mean(crop.image < 1.0)) < self.track_cfg["min_fill"]:
             self.reset()  # the hand left the tracked cube
             return None
-        return self._as_hand(hand, lambda: self._passes(depth_mm, intrinsics, crop, int(self.track_cfg["passes"]),
-                                                        self.average_final and bool(self.track_cfg["flip_average"]),
-                                                        rotation_deg))
+        average = self.average_final and bool(self.track_cfg["flip_average"])
+        return self._as_hand(self._frame_hand(continuing=True),
+                             lambda: self._passes(depth_mm, intrinsics, crop, int(self.track_cfg["passes"]), average,
+                                                  rotation_deg))
 
     def debug_image(self, image: np.ndarray, poses: list[HandPose], scale: int = 3) -> np.ndarray:
         """(S*scale, S*scale, 3) uint8 RGB: the first hand's normalized crop with its skeleton.
