@@ -3,7 +3,8 @@
 A network trained on right hands only (``hands == "right"``: the default recipes of both families,
 and OpenPose's hand network) sees a left hand mirrored; each pipeline mirrors its crops for it.
 ``handedness`` is the user's word on the hand in view: ``right``, ``left``, or ``auto`` (the
-pipeline tries both where it has no track; see each pipeline's module doc).
+pipeline runs a frame both ways until its track's :class:`HandVote` settles, then the hand it
+called; see each pipeline's module doc).
 """
 
 from __future__ import annotations
