@@ -616,6 +616,8 @@ def test_evaluate_deep_prior_writes_frames_and_tracking_figures(tmp_path):
     recorded = load_checkpoint(tmp_path / "dp2.pt")
     held_out = recorded["meta"]["held_out"]
     assert held_out["n_frames"] == 3 and held_out["mean_error_mm"] == pytest.approx(figures["mean_error_mm"], abs=1e-4)
+    assert held_out["pa_mean_error_mm"] == pytest.approx(figures["pa_mean_error_mm"], abs=1e-4)
+    assert len(figures["pa_fraction_within"]) == len(figures["thresholds_mm"])
     assert held_out["sequences"]["tracked"]["mean_error_mm"] == pytest.approx(
         figures["tracking"]["tracked"]["mean_error_mm"], abs=1e-4)
     assert held_out["command"] == "python -m training.evaluate_deep_prior " + " ".join(args)

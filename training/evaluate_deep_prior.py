@@ -3,7 +3,9 @@
 Each frame goes through ``HandPoseEstimator.predict`` exactly as in the ROS node (hand search on the
 whole depth frame, crop, model, decode), so the figures include localisation failures. Writes
 OUT/eval.json (mean / per-joint error in mm, the DeepPrior-papers curve "fraction of frames whose
-worst joint is within d mm", d = 0..80, detection rate) and OUT/eval.png (the curve).
+worst joint is within d mm", d = 0..80, detection rate; the same after a per-frame Procrustes
+alignment, PA-MPJPE, which leaves the articulation's share of the error) and OUT/eval.png (both
+curves).
 
 The held-out frames are unrelated, so each is searched on its own (no tracking). With
 ``--sequences N`` the JSON also gets ``tracking``: N moving-hand sequences
@@ -148,10 +150,12 @@ def main(argv: list[str] | None = None) -> int:
     write_json(out / f"{args.name}.json", figures)
     title = (f"{figures['model']}: mean {figures['mean_error_mm']:.1f} mm, "
              f"{figures['frames_within_40mm']:.0%} of frames within 40 mm (n={figures['n_frames']})")
-    img = plot_curves({figures["model"]: (figures["thresholds_mm"], figures["fraction_within"])}, title)
+    img = plot_curves({figures["model"]: (figures["thresholds_mm"], figures["fraction_within"]),
+                       "Procrustes-aligned": (figures["thresholds_mm"], figures["pa_fraction_within"])}, title)
     write_png(out / f"{args.name}.png", img)
     print(f"mean error {figures['mean_error_mm']:.2f} mm (detected frames), detection {figures['detection_rate']:.1%}, "
-          f"worst joint within 40 mm: {figures['frames_within_40mm']:.1%}"
+          f"worst joint within 40 mm: {figures['frames_within_40mm']:.1%}; Procrustes-aligned "
+          f"{figures['pa_mean_error_mm']:.2f} mm, {figures['pa_frames_within_40mm']:.1%}"
           + (f", the hand's own taken in {figures['handedness_accuracy']:.1%}" if "handedness_accuracy" in figures
              else "") + f"; wrote {out}/{args.name}.json/.png")
     for mode, r in figures.get("tracking", {}).items():
@@ -171,7 +175,7 @@ def headline(figures: dict, command: str) -> dict:
     """The figures a checkpoint carries in ``meta["held_out"]``: the headline numbers of
     :func:`evaluate` (and of :func:`tracking_eval` if run), rounded, and the command that made them."""
     keys = ("n_frames", "mean_error_mm", "median_error_mm", "frames_within_20mm", "frames_within_40mm",
-            "frames_within_80mm", "detection_rate", "test_seed", "handedness")
+            "frames_within_80mm", "pa_mean_error_mm", "detection_rate", "test_seed", "handedness")
     out = {k: round(figures[k], 4) if isinstance(figures[k], float) else figures[k] for k in keys}
     if "tracking" in figures:
         t = figures["tracking"]
