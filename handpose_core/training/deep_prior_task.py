@@ -168,6 +168,8 @@ def recipe(name: str) -> DeepPriorRecipe:
         # 14,619), 2,000 held-out frames, the hand told: 16.89 -> 16.24 mm, within 40 mm 55.3 -> 57.2 %;
         # tracked sequences 13.93 -> 12.51 mm. The hand not told (auto): on the first 500 frames 21.6 mm
         # (the hand's own way taken on 84.6 %) against 17.5 mm told.
+        # The same 24-min run on a faster machine (a later session of 2026-12-07, AVX-512 with BF16,
+        # 65 ms a step): 22,119 steps, 14.57 mm, within 40 mm 64.1 %, tracked sequences 10.55 mm.
         return DeepPriorRecipe(model_config={"dropout": 0.0, "finetune_pca": True, "stem_pool_first": True},
                                bottleneck=40, align="auto", p_gt_centre=0.75, hands="right",
                                train=TrainConfig(steps=30000, batch_size=64, optimizer="adam", lr=1e-3,
