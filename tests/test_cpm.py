@@ -108,7 +108,8 @@ def test_checkpoint_round_trip_weights_only(tmp_path):
 
 def test_mirror_averaged_maps_are_the_mean_of_the_image_and_its_mirror(tmp_path):
     """``pipeline.flip_average``: every network call returns the mean of the maps of the image and of
-    its mirror (mirrored back); our trained CPMs set it, imported OpenPose weights do not."""
+    its mirror (mirrored back); CPMs trained on both hands (--hands both) set it; right-hand networks
+    (the default recipe, the packaged weights, imported OpenPose weights) do not."""
     torch.manual_seed(0)
     model = create_model("cpm_tiny").eval()
     x = torch.randn(2, 3, 64, 72)  # width 72: a stride multiple, not square
@@ -129,8 +130,10 @@ def test_mirror_averaged_maps_are_the_mean_of_the_image_and_its_mirror(tmp_path)
     with torch.no_grad():
         expected = MirrorAveraged(pipe.model.model)(torch.from_numpy(pipe.spec.normalize(crop)))
     np.testing.assert_allclose(pipe._run(crop)[-1], expected[-1].numpy(), atol=1e-5)
+    # the packaged network learnt right hands: its mirror is the other hand, so it is not averaged
     packaged = load_checkpoint("handpose_core/weights/cpm_light_synth.pt")["meta"]["pipeline"]
-    assert packaged["flip_average"] and packaged["refine"] == ["depth", "search"]
+    assert packaged["hands"] == "right" and not packaged["flip_average"]
+    assert packaged["refine"] == ["depth", "search"]
 
 
 @pytest.fixture(scope="module")

@@ -91,8 +91,9 @@ PIPELINE_DEFAULTS: dict[str, Any] = {
     "search_fractions": [0.8, 0.5, 0.3, 0.18],
     "search_max_side": 320,  # the scale-search average lives on a grid of at most this long side
     "depth_window": 3,  # half-width of the depth lookup window, pixels
-    # average every network call with the mirror image's (models.cpm.MirrorAveraged): our trained
-    # CPMs set it, they saw both hands; off for others (OpenPose's network expects right hands).
+    # average every network call with the mirror image's (models.cpm.MirrorAveraged): CPMs trained on
+    # both hands (--hands both) set it; off for right-hand networks (the default recipe's, the packaged
+    # weights, OpenPose's), whose mirror image is the other hand.
     # The 2026-12-01 weights: crops PCK@0.2 0.819 -> 0.829, tracked sequences 0.773 -> 0.783. Mirroring
     # only the crop pass (the search frame 139 -> 94 ms) tracked worse, 0.757: keep both.
     "flip_average": False,
