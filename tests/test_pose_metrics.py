@@ -53,3 +53,13 @@ def test_pose_metrics_reports_aligned_errors_beside_the_raw_ones():
 def test_procrustes_rejects_mismatched_shapes():
     with pytest.raises(ValueError, match="both be"):
         procrustes_align(np.zeros((2, 21, 3)), np.zeros((2, 14, 3)))
+
+
+def test_missed_frames_fail_every_threshold_of_both_curves():
+    gt = _hands(n=3)
+    m = pose_metrics(gt + 1.0, gt, missed=1)  # three near-perfect frames and one without a hand
+    assert m["n_frames"] == 4
+    assert m["mean_error_mm"] == pytest.approx(np.sqrt(3.0))  # the means are over the predicted frames
+    assert m["frames_within_40mm"] == m["pa_frames_within_40mm"] == pytest.approx(0.75)
+    assert m["fraction_within"][-1] == m["pa_fraction_within"][-1] == pytest.approx(0.75)
+    assert m["fraction_within"][0] == 0.0
