@@ -39,7 +39,7 @@ class HandTally:
     def add(self, poses: Sequence, is_left: bool) -> None:
         """One frame's ``predict`` result and its true hand."""
         if self.counting and poses and poses[0].extras.get("handedness"):
-            self.correct.append(poses[0].extras["handedness"] == ("left" if is_left else "right"))
+            self.correct.append(poses[0].extras["handedness"] == hand_of(is_left, "known"))
 
     def figures(self) -> dict[str, float]:
         return {"handedness_accuracy": sum(self.correct) / len(self.correct)} if self.correct else {}
