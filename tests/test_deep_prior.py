@@ -624,6 +624,15 @@ def test_evaluate_deep_prior_writes_frames_and_tracking_figures(tmp_path):
     assert recorded["meta"]["inference"] == {"passes": 2}
     assert all(torch.equal(recorded["state_dict"][k], v) for k, v in blob["state_dict"].items())
     assert figures["n_frames"] == 3 and len(figures["fraction_within"]) == len(figures["thresholds_mm"])
+    # the frames split by the prior of their fingers, as the generator drew them
+    from handpose_core.data.synthetic import SyntheticHands
+    from training.evaluate_deep_prior import TEST_SEED
+
+    arts = [SyntheticHands(seed=TEST_SEED).sample_params(i).articulation for i in range(3)]
+    by_art = figures["by_articulation"]
+    assert {g: r["n_frames"] for g, r in by_art.items() if g in ("gestures", "random")} == {
+        g: n for g, n in (("gestures", sum(a != "random" for a in arts)), ("random", arts.count("random"))) if n}
+    assert set(held_out["by_articulation"]) <= {"gestures", "random"}
     tracking = figures["tracking"]
     assert tracking["sequences"] == 2 and tracking["frames_per_sequence"] == 4
     # the first frame of each sequence is searched; the untrained model's template hand, off the

@@ -4,7 +4,7 @@ import numpy as np
 import pytest
 from scipy.spatial.transform import Rotation
 
-from handpose_core.training.metrics import pose_metrics, procrustes_align
+from handpose_core.training.metrics import pose_metrics, pose_metrics_by_group, procrustes_align
 
 
 def _hands(n: int = 5, joints: int = 21, seed: int = 0) -> np.ndarray:
@@ -63,3 +63,20 @@ def test_missed_frames_fail_every_threshold_of_both_curves():
     assert m["frames_within_40mm"] == m["pa_frames_within_40mm"] == pytest.approx(0.75)
     assert m["fraction_within"][-1] == m["pa_fraction_within"][-1] == pytest.approx(0.75)
     assert m["fraction_within"][0] == 0.0
+
+
+def test_figures_per_group_count_each_groups_own_misses():
+    gt = _hands(n=6)
+    pred = gt.copy()
+    pred[3:] += np.array([0.0, 0.0, 50.0])  # frames 3-5: every joint 50 mm off
+    found = np.array([True, True, True, True, True, False])
+    groups = {"good": np.arange(6) < 3, "bad": np.arange(6) >= 3, "none": np.zeros(6, bool)}
+    by = pose_metrics_by_group(pred, gt, found, groups)
+    assert set(by) == {"good", "bad"}  # an empty group is left out
+    assert by["good"]["mean_error_mm"] == pytest.approx(0.0) and by["good"]["frames_within_40mm"] == 1.0
+    assert by["bad"]["n_frames"] == 3 and by["bad"]["detection_rate"] == pytest.approx(2 / 3)
+    assert by["bad"]["mean_error_mm"] == pytest.approx(50.0) and by["bad"]["frames_within_40mm"] == 0.0
+    assert by["bad"]["pa_mean_error_mm"] == pytest.approx(0.0, abs=1e-6)  # a shift: alignment takes it out
+    assert by["bad"]["pa_frames_within_40mm"] == pytest.approx(2 / 3)  # the missed frame still fails
+    lost = pose_metrics_by_group(pred, gt, np.zeros(6, bool), {"all": np.ones(6, bool)})
+    assert lost == {"all": {"n_frames": 6, "detection_rate": 0.0}}

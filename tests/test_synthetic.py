@@ -18,6 +18,7 @@ from handpose_core.data.hdf5_io import read_hdf5, write_hdf5
 from handpose_core.data.synthetic import (
     ANGLE_LIMITS_DEG,
     ANGLE_NAMES,
+    GESTURES,
     JOINT_LIMITS_DEG,
     JOINT_RADIUS_M,
     NOMINAL_BONE_LENGTHS_M,
@@ -195,6 +196,24 @@ def test_sampled_angles_respect_limits_and_cover_the_range(many_params):
     assert np.median(np.abs(dip - np.clip(pip * 2 / 3, 0, 80))) < 8
 
 
+def test_each_hand_says_which_prior_drew_its_fingers(many_params):
+    arts = [p.articulation for p in many_params]
+    assert set(arts) == {"random", *GESTURES}
+    assert 0.4 < arts.count("random") / len(arts) < 0.6  # gesture_prob 0.5
+    # a gesture's fingers lie near its template: a fist curls every finger, an open hand curls none
+    pip = np.rad2deg(np.array([p.joint_angles for p in many_params]))[
+        :, [ANGLE_NAMES.index(f"{f}_pip_flex") for f in ("index", "middle", "ring", "little")]]
+    fist = np.array([a == "fist" for a in arts])
+    opened = np.array([a == "open" for a in arts])
+    assert pip[fist].mean() > 80 and pip[opened].mean() < 20
+    # interpolated hands take the nearer key's; hands made by hand have none
+    a, b = many_params[0], many_params[1]
+    assert HandParams.interpolate(a, b, 0.4).articulation == a.articulation
+    assert HandParams.interpolate(a, b, 0.6).articulation == b.articulation
+    made = HandParams(joint_angles=a.joint_angles, rotation=a.rotation, translation_m=a.translation_m)
+    assert made.articulation == ""
+
+
 def _bone_angle(xyz, i, j, k):
     u, v = xyz[j] - xyz[i], xyz[k] - xyz[j]
     return np.degrees(np.arccos(np.clip(u @ v / np.linalg.norm(u) / np.linalg.norm(v), -1, 1)))
@@ -289,6 +308,7 @@ def test_trajectory_is_smooth_and_keeps_the_hand(tmp_path):
     lengths = np.linalg.norm(xyz[:, edges[:, 1]] - xyz[:, edges[:, 0]], axis=-1)
     np.testing.assert_allclose(lengths, lengths[:1].repeat(45, 0), rtol=1e-4)
     assert len({f.is_left for f in frames}) == 1
+    assert all(f.params.articulation in ("random", *GESTURES) for f in frames)
 
 
 def test_config_and_index_validation():

@@ -6,6 +6,8 @@ import shlex
 import sys
 from collections.abc import Sequence
 
+import numpy as np
+
 
 def command_line(module: str, argv: Sequence[str] | None) -> str:
     """The command a run records with its results: ``python -m <module> <args>``, shell-quoted.
@@ -43,3 +45,21 @@ class HandTally:
 
     def figures(self) -> dict[str, float]:
         return {"handedness_accuracy": sum(self.correct) / len(self.correct)} if self.correct else {}
+
+
+# what a per-prior breakdown keeps of each group's figures (the evaluators' JSON "by_articulation")
+ARTICULATION_KEYS = ("n_frames", "detection_rate", "mean_error_mm", "frames_within_40mm", "pa_mean_error_mm",
+                     "pa_frames_within_40mm", "fraction_within")
+
+
+def articulation_groups(articulations: Sequence[str]) -> dict[str, np.ndarray]:
+    """Held-out synthetic frames grouped by the prior their finger angles came from
+    (``HandParams.articulation``): ``gestures`` (the five gesture priors together), ``random``
+    (every angle uniform within its limits: fingers in unrelated, often unnatural poses), then
+    each gesture on its own. {name: (N,) bool mask}; a frame of unknown prior ("") is in none."""
+    from handpose_core.data.synth_hand import GESTURES
+
+    arts = np.asarray(list(articulations), dtype=object)
+    groups = {"gestures": np.isin(arts, GESTURES), "random": arts == "random"}
+    groups.update({g: arts == g for g in GESTURES})
+    return groups

@@ -4,8 +4,10 @@ Each frame goes through ``HandPoseEstimator.predict`` exactly as in the ROS node
 whole depth frame, crop, model, decode), so the figures include localisation failures. Writes
 OUT/eval.json (mean / per-joint error in mm, the DeepPrior-papers curve "fraction of frames whose
 worst joint is within d mm", d = 0..80, detection rate; the same after a per-frame Procrustes
-alignment, PA-MPJPE, which leaves the articulation's share of the error) and OUT/eval.png (both
-curves).
+alignment, PA-MPJPE, which leaves the articulation's share of the error; ``by_articulation``: the
+same for each prior the generator drew the fingers from: ``gestures``, and ``random`` with every
+angle uniform within its limits, see :func:`training.articulation_groups`) and OUT/eval.png (the
+curves of all frames, aligned, and of the two halves).
 
 The held-out frames are unrelated, so each is searched on its own (no tracking). With
 ``--sequences N`` the JSON also gets ``tracking``: N moving-hand sequences
@@ -38,8 +40,8 @@ from handpose_core.checkpoint import update_meta
 from handpose_core.data.synthetic import SynthConfig, SyntheticHands
 from handpose_core.errors import HandPoseError
 from handpose_core.estimator import resolve_checkpoint
-from handpose_core.training.metrics import plot_curves, pose_metrics
-from training import HANDEDNESS_PROTOCOLS, HandTally, command_line, hand_of
+from handpose_core.training.metrics import plot_curves, pose_metrics, pose_metrics_by_group
+from training import ARTICULATION_KEYS, HANDEDNESS_PROTOCOLS, HandTally, articulation_groups, command_line, hand_of
 
 TEST_SEED = 1000  # training uses small data seeds; held-out frames come from this one
 
@@ -50,7 +52,7 @@ def evaluate(checkpoint: str, n_test: int, seed: int = TEST_SEED, device: str = 
     # unrelated frames: no tracking from one to the next
     est = HandPoseEstimator.from_checkpoint(checkpoint, device=device, tracking=False)
     gen = SyntheticHands(SynthConfig(render_rgb=False), seed=seed)
-    preds, gts, found = [], [], []
+    preds, gts, found, articulations = [], [], [], []
     t_predict, hands = [], HandTally(handedness)
     for i in tqdm(range(n_test), desc="evaluate", disable=not progress, unit="frame"):
         sample = gen[i]
@@ -59,6 +61,7 @@ def evaluate(checkpoint: str, n_test: int, seed: int = TEST_SEED, device: str = 
         poses = est.predict(sample.depth_mm, sample.intrinsics)
         t_predict.append(time.perf_counter() - t0)
         gts.append(sample.xyz_m * 1000.0)
+        articulations.append(sample.params.articulation)
         found.append(bool(poses))
         hands.add(poses, sample.is_left)
         preds.append(poses[0].xyz_m * 1000.0 if poses else np.full_like(sample.xyz_m, np.nan))
@@ -74,6 +77,10 @@ def evaluate(checkpoint: str, n_test: int, seed: int = TEST_SEED, device: str = 
         "hands": est.hands, "handedness": handedness if est.hands == "right" else "not used",
     })
     figures.update(hands.figures())
+    # the generator draws half its hands from gesture priors and half with every finger angle uniform
+    # within its limits; the two halves score far apart, so each is reported on its own
+    by_group = pose_metrics_by_group(pred, gt, found, articulation_groups(articulations), est.joint_names)
+    figures["by_articulation"] = {g: {k: f[k] for k in ARTICULATION_KEYS if k in f} for g, f in by_group.items()}
     return figures
 
 
@@ -145,14 +152,26 @@ def main(argv: list[str] | None = None) -> int:
     write_json(out / f"{args.name}.json", figures)
     title = (f"{figures['model']}: mean {figures['mean_error_mm']:.1f} mm, "
              f"{figures['frames_within_40mm']:.0%} of frames within 40 mm (n={figures['n_frames']})")
-    img = plot_curves({figures["model"]: (figures["thresholds_mm"], figures["fraction_within"]),
-                       "Procrustes-aligned": (figures["thresholds_mm"], figures["pa_fraction_within"])}, title)
+    curves = {"all frames": (figures["thresholds_mm"], figures["fraction_within"]),
+              "all, Procrustes-aligned": (figures["thresholds_mm"], figures["pa_fraction_within"])}
+    by_art = figures["by_articulation"]
+    for group, label in (("gestures", "gesture hands"), ("random", "random fingers")):
+        r = by_art.get(group, {})
+        if "fraction_within" in r:
+            curves[f"{label} ({r['n_frames']})"] = (figures["thresholds_mm"], r["fraction_within"])
+    img = plot_curves(curves, title)
     write_png(out / f"{args.name}.png", img)
     print(f"mean error {figures['mean_error_mm']:.2f} mm (detected frames), detection {figures['detection_rate']:.1%}, "
           f"worst joint within 40 mm: {figures['frames_within_40mm']:.1%}; Procrustes-aligned "
           f"{figures['pa_mean_error_mm']:.2f} mm, {figures['pa_frames_within_40mm']:.1%}"
           + (f", the hand's own taken in {figures['handedness_accuracy']:.1%}" if "handedness_accuracy" in figures
              else "") + f"; wrote {out}/{args.name}.json/.png")
+    for group in ("gestures", "random"):
+        if "mean_error_mm" in by_art.get(group, {}):
+            r = by_art[group]
+            print(f"  {group} ({r['n_frames']} frames): mean error {r['mean_error_mm']:.2f} mm, worst joint within "
+                  f"40 mm {r['frames_within_40mm']:.1%}; Procrustes-aligned {r['pa_mean_error_mm']:.2f} mm, "
+                  f"{r['pa_frames_within_40mm']:.1%}")
     for mode, r in figures.get("tracking", {}).items():
         if isinstance(r, dict):
             print(f"sequences, {mode}: mean error {r['mean_error_mm']:.2f} mm, within 40 mm "
@@ -172,6 +191,9 @@ def headline(figures: dict, command: str) -> dict:
     keys = ("n_frames", "mean_error_mm", "median_error_mm", "frames_within_20mm", "frames_within_40mm",
             "frames_within_80mm", "pa_mean_error_mm", "detection_rate", "test_seed", "handedness")
     out = {k: round(figures[k], 4) if isinstance(figures[k], float) else figures[k] for k in keys}
+    out["by_articulation"] = {g: {k: round(r[k], 4) for k in ("mean_error_mm", "frames_within_40mm")}
+                              for g, r in figures.get("by_articulation", {}).items()
+                              if g in ("gestures", "random") and "mean_error_mm" in r}
     if "tracking" in figures:
         t = figures["tracking"]
         out["sequences"] = {"sequences": t["sequences"], "frames_per_sequence": t["frames_per_sequence"],

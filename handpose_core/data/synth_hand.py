@@ -121,6 +121,9 @@ class HandParams:
     forearm_length_m: 0 for no forearm.
     skin_rgb:       (3,) albedo in [0, 1]; light_dir: (3,) unit vector towards the light, camera
                     frame; light_intensity and ambient scale the Lambertian shading.
+    articulation:   the prior ``joint_angles`` were drawn from (:func:`sample_joint_angles`):
+                    ``"random"`` (each angle uniform within its limits) or a gesture name; ``""``
+                    for hands not drawn by the generator. Evaluators report figures per prior.
     """
 
     joint_angles: np.ndarray
@@ -134,6 +137,7 @@ class HandParams:
     light_dir: np.ndarray = field(default_factory=lambda: np.array([0.3, -0.5, -0.81]))
     light_intensity: float = 0.85
     ambient: float = 0.3
+    articulation: str = ""
 
     def __post_init__(self) -> None:
         rot = np.asarray(self.rotation, dtype=np.float64)
@@ -152,7 +156,7 @@ class HandParams:
     def interpolate(a: HandParams, b: HandParams, w: float) -> HandParams:
         """Blend ``a`` (w = 0) to ``b`` (w = 1): linear for vectors, slerp for the rotation.
 
-        Discrete fields (handedness) come from the nearer end.
+        Discrete fields (handedness, articulation) come from the nearer end.
         """
         lerp = lambda x, y: (1.0 - w) * np.asarray(x, float) + w * np.asarray(y, float)  # noqa: E731
         light = lerp(a.light_dir, b.light_dir)
@@ -168,6 +172,7 @@ class HandParams:
             light_dir=light / max(np.linalg.norm(light), 1e-9),
             light_intensity=float(lerp(a.light_intensity, b.light_intensity)),
             ambient=float(lerp(a.ambient, b.ambient)),
+            articulation=a.articulation if w < 0.5 else b.articulation,
         )
 
 

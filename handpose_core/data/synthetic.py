@@ -268,7 +268,7 @@ class SyntheticHands:
         """The hand of frame ``index``, drawn from ``np.random.default_rng([seed, index])``."""
         rng = np.random.default_rng([self.seed, self._check_index(index)])
         cfg = self.config
-        angles, _ = sample_joint_angles(rng, cfg.gesture_prob)
+        angles, articulation = sample_joint_angles(rng, cfg.gesture_prob)
         is_left = bool(rng.random() < cfg.left_prob)
         scale = float(rng.uniform(*cfg.scale_range))
         jitter = np.clip(rng.normal(0.0, cfg.bone_jitter, 20), -2.5 * cfg.bone_jitter, 2.5 * cfg.bone_jitter)
@@ -287,6 +287,7 @@ class SyntheticHands:
             light_dir=_sample_light(rng),
             light_intensity=float(rng.uniform(0.55, 1.0)),
             ambient=float(rng.uniform(0.15, 0.4)),
+            articulation=articulation,
         )
 
     def _sample_position(self, rng: np.random.Generator, z: float | None = None) -> np.ndarray:
@@ -573,7 +574,7 @@ class SyntheticHands:
             yield self._render(params, _hand_geometry(params), scene, frame_rng)
 
     def _next_key(self, prev: HandParams, rng: np.random.Generator) -> HandParams:
-        angles, _ = sample_joint_angles(rng, self.config.gesture_prob)
+        angles, articulation = sample_joint_angles(rng, self.config.gesture_prob)
         axis = rng.standard_normal(3)
         turn = _axis_angle_quat(axis, rng.uniform(0.0, math.radians(70.0)))
         rotation = quat_mul(turn, prev.rotation)
@@ -582,7 +583,8 @@ class SyntheticHands:
         target = self._sample_position(rng, z)
         # Move at most halfway to a fresh random spot: keeps the hand in view and the motion calm.
         old = prev.translation_m * (z / prev.translation_m[2])
-        return replace(prev, joint_angles=angles, rotation=rotation, translation_m=0.5 * (old + target))
+        return replace(prev, joint_angles=angles, rotation=rotation, translation_m=0.5 * (old + target),
+                       articulation=articulation)
 
     @staticmethod
     def _check_index(index) -> int:

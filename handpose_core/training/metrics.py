@@ -101,6 +101,30 @@ def pose_metrics(pred_mm: np.ndarray, gt_mm: np.ndarray, joint_names: Sequence[s
     }
 
 
+def pose_metrics_by_group(pred_mm: np.ndarray, gt_mm: np.ndarray, found: np.ndarray,
+                          groups: dict[str, np.ndarray], joint_names: Sequence[str] | None = None) -> dict:
+    """:func:`pose_metrics` of each group of frames: {name: figures}.
+
+    pred_mm, gt_mm: (N, J, 3) mm (pred rows where ``found`` is False are ignored); found: (N,) bool,
+    the frame got a prediction; groups: {name: (N,) bool mask}. A group's frames without a
+    prediction count as its misses (``missed=``). Empty groups are left out; a group with no
+    prediction at all gives only ``{"n_frames": n, "detection_rate": 0.0}``.
+    """
+    found = np.asarray(found, dtype=bool)
+    out = {}
+    for name, mask in groups.items():
+        mask = np.asarray(mask, dtype=bool)
+        hit = mask & found
+        if not mask.any():
+            continue
+        if not hit.any():
+            out[name] = {"n_frames": int(mask.sum()), "detection_rate": 0.0}
+            continue
+        out[name] = pose_metrics(pred_mm[hit], gt_mm[hit], joint_names, missed=int((mask & ~found).sum()))
+        out[name]["detection_rate"] = float(hit.sum() / mask.sum())
+    return out
+
+
 def plot_curves(curves: dict[str, tuple[Sequence[float], Sequence[float]]], title: str = "",
                 size: tuple[int, int] = (720, 480)) -> np.ndarray:
     """Draw "fraction of frames with worst joint within d" curves with OpenCV (no matplotlib).
