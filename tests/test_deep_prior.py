@@ -248,6 +248,27 @@ def test_input_size_resamples_the_cache_to_the_codecs_crop_at_that_size():
         assert ((out < 0.99) != (ref.image < 0.99)).mean() < 0.04  # silhouettes agree up to edge pixels
 
 
+def test_random_fingers_share_sets_the_batches_mix():
+    """random_fingers_share draws that share of each batch from the random-finger frames; 0 draws
+    every frame equally likely, the batches of a recipe without the share."""
+    n = 40
+    crops = np.ones((n, 16, 16), np.float16)
+    labels = np.random.default_rng(0).normal(0.0, 0.2, (n, 21 * 3)).astype(np.float32)
+    random_fingers = np.arange(n) % 4 == 0  # a quarter of the frames
+    data = CropSet(crops, labels, np.full(n, 500.0, np.float32), np.ones(n, bool), 1.0, random_fingers=random_fingers)
+    rcp = replace(recipe("default"), augment=False)
+    plain = DeepPriorTask(rcp, data, pca_samples=8)
+    items = plain._batch_items(np.random.default_rng([0, 3]), 64)
+    rng = np.random.default_rng([0, 3])
+    np.testing.assert_array_equal(items, np.sort(rng.integers(0, n, 64)))  # unchanged draw
+    mixed = DeepPriorTask(replace(rcp, random_fingers_share=0.9), data, pca_samples=8)
+    drawn = np.concatenate([mixed._batch_items(np.random.default_rng([0, step]), 64) for step in range(50)])
+    assert abs(random_fingers[drawn].mean() - 0.9) < 0.03
+    assert np.all(np.diff(mixed._batch_items(np.random.default_rng(1), 64)) >= 0)  # sorted for the memory map
+    with pytest.raises(HandPoseError, match="random_fingers_share"):
+        DeepPriorTask(replace(rcp, random_fingers_share=1.5), data, pca_samples=8)
+
+
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float16])
 def test_sample_nearest_picks_grid_samples_pixels(dtype):
     """recrop's gather is F.grid_sample(nearest, zeros outside -> background) without the grid."""

@@ -347,7 +347,7 @@ def test_deep_prior_right_hand_recipe_mirrors_left_hands_in_training():
     assert not unknown.is_left.any()  # handedness unknown (NYU, seed HDF5): taken as right hands
 
 
-def test_synthetic_crop_cache_gains_handedness(tmp_path):
+def test_synthetic_crop_cache_gains_handedness_and_finger_priors(tmp_path):
     from handpose_core.codecs.depth_crop import DepthCropCodec
     from handpose_core.training.deep_prior_task import synthetic_crops
 
@@ -355,11 +355,14 @@ def test_synthetic_crop_cache_gains_handedness(tmp_path):
     data = synthetic_crops(6, 11, codec, tmp_path, workers=1, progress=False)
     gen = SyntheticHands(SynthConfig(render_rgb=False), seed=11)
     expected = [gen.sample_params(i).is_left for i in range(6)]
-    assert data.is_left.tolist() == expected
+    random_fingers = [gen.sample_params(i).articulation == "random" for i in range(6)]
+    assert data.is_left.tolist() == expected and data.random_fingers.tolist() == random_fingers
     (cache,) = [p for p in tmp_path.iterdir() if p.is_dir()]
     (cache / "is_left.npy").unlink()  # a cache written before handedness was kept
-    assert synthetic_crops(6, 11, codec, tmp_path, workers=1, progress=False).is_left.tolist() == expected
-    assert (cache / "is_left.npy").is_file()
+    (cache / "random_fingers.npy").unlink()
+    again = synthetic_crops(6, 11, codec, tmp_path, workers=1, progress=False)
+    assert again.is_left.tolist() == expected and again.random_fingers.tolist() == random_fingers
+    assert (cache / "is_left.npy").is_file() and (cache / "random_fingers.npy").is_file()
 
 
 def test_training_commands_choose_the_hands():

@@ -55,6 +55,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--hands", choices=("right", "both"),
                    help="right: left hands' crops mirrored, the network learns right hands and the estimator "
                         "is told the hand (default recipe); both: random mirroring, any hand at once (seed recipe)")
+    p.add_argument("--random-fingers-share", type=float, metavar="SHARE",
+                   help="share of each batch drawn from the synthetic frames whose finger angles are uniform "
+                        "within their limits rather than a gesture (about half the frames; default: the "
+                        "recipe's, 0 = every frame equally likely)")
     p.add_argument("--time-budget-min", type=float, default=0.0, help="stop after this many minutes (0 = off)")
     p.add_argument("--device", default="auto", help="auto | cpu | cuda | cuda:N")
     p.add_argument("--threads", type=int, default=0, help="CPU threads for torch (0 = torch's default)")
@@ -120,6 +124,8 @@ def main(argv: list[str] | None = None) -> int:
         rcp.input_size = args.input_size
     if args.hands is not None:
         rcp.hands = args.hands
+    if args.random_fingers_share is not None:
+        rcp.random_fingers_share = args.random_fingers_share
     if args.model_config:
         try:
             extra = json.loads(args.model_config)

@@ -125,6 +125,15 @@ class DeepPriorRecipe:
     # learns right hands only; the estimator is told which hand it sees (DepthPipeline.handedness),
     # the way DeepPrior's benchmarks (NYU, ICVL, MSRA) are one hand. "both": random mirroring.
     hands: str = "both"
+    # share of each batch drawn from the frames whose fingers the generator drew uniformly within their
+    # limits (CropSet.random_fingers; about half of all frames); 0 = every frame equally likely. Those
+    # frames hold most of the error (evaluate_deep_prior's by_articulation). 24-min runs of the default
+    # recipe (AVX-512 machine), 2,000 held-out frames, hand told: 0 (22,119 steps) 14.57 mm, within
+    # 40 mm 64.1 % (gestures 9.62 mm / 94.9 %, random fingers 19.34 mm / 34.5 %); 0.75, two seeds
+    # (19,772 / 20,565 steps) 14.24 / 14.19 mm, 66.6 / 65.8 % (gestures 10.86 / 10.90 mm, 93.2 / 91.8 %;
+    # random 17.50 / 17.36 mm, 41.0 / 40.7 %). Not the default: it buys the whole set 0.4 mm with 1.3 mm
+    # on the gesture hands, the half nearer to real hands.
+    random_fingers_share: float = 0.0
     align: tuple[str, str] | str | None = None
     align_jitter_deg: float = 15.0
     # on a CPU with native bfloat16 (harness.use_cpu_bf16), run the conv features in bfloat16
@@ -267,6 +276,8 @@ class CropSet:
     located:     (N,) bool: centred by the hand search (False: on the labelled joints).
     big_factor:  cube and size of the crops over the codec's.
     is_left:     (N,) bool, the frame shows a left hand; None: unknown (taken as right hands).
+    random_fingers: (N,) bool, the synthetic hand's finger angles were drawn uniformly within their
+                 limits (``HandParams.articulation == "random"``, not a gesture); None: unknown.
     """
 
     crops: np.ndarray
@@ -276,6 +287,7 @@ class CropSet:
     big_factor: float = 1.0
     meta: dict[str, Any] = field(default_factory=dict)
     is_left: np.ndarray | None = None
+    random_fingers: np.ndarray | None = None
 
     def __len__(self) -> int:
         return len(self.crops)
@@ -370,23 +382,31 @@ def synthetic_crops(n: int, seed: int, codec: DepthCropCodec, cache_dir: str | o
         shutil.rmtree(path, ignore_errors=True)
         os.replace(tmp, path)
     located = np.load(path / "located.npy")
-    if not (path / "is_left.npy").is_file():
-        # handedness is drawn with the hand's parameters (no rendering): added to caches made without it
-        tmp = path / "is_left.tmp.npy"
-        np.save(tmp, synthetic_handedness(seed, n))
-        os.replace(tmp, path / "is_left.npy")
+    if not all((path / f"{name}.npy").is_file() for name in PARAM_COLUMNS):
+        # drawn with the hands' parameters (no rendering): added to caches made without them
+        for name, column in synthetic_param_columns(seed, n).items():
+            tmp = path / f"{name}.tmp.npy"
+            np.save(tmp, column)
+            os.replace(tmp, path / f"{name}.npy")
     is_left = np.load(path / "is_left.npy")
-    meta = {"located_fraction": float(located.mean()), "left_fraction": float(is_left.mean())}
+    random_fingers = np.load(path / "random_fingers.npy")
+    meta = {"located_fraction": float(located.mean()), "left_fraction": float(is_left.mean()),
+            "random_fingers_fraction": float(random_fingers.mean())}
     return CropSet(np.load(path / "crops.npy", mmap_mode="r"), np.load(path / "labels.npy"),
-                   np.load(path / "z_mm.npy"), located, big_factor, meta, is_left)
+                   np.load(path / "z_mm.npy"), located, big_factor, meta, is_left, random_fingers)
 
 
-def synthetic_handedness(seed: int, n: int) -> np.ndarray:
-    """(n,) bool: frame i of the depth generator ``seed`` shows a left hand."""
+# per-frame facts of a synthetic hand that training uses beside its crop: {cache file stem: fact}
+PARAM_COLUMNS = {"is_left": lambda p: p.is_left, "random_fingers": lambda p: p.articulation == "random"}
+
+
+def synthetic_param_columns(seed: int, n: int) -> dict[str, np.ndarray]:
+    """{name: (n,) bool} of :data:`PARAM_COLUMNS` for frames [0, n) of the depth generator ``seed``."""
     from handpose_core.data.synthetic import SynthConfig, SyntheticHands
 
     gen = SyntheticHands(SynthConfig(render_rgb=False), seed=seed)
-    return np.array([gen.sample_params(i).is_left for i in range(n)], bool)
+    params = [gen.sample_params(i) for i in range(n)]
+    return {name: np.array([fact(p) for p in params], bool) for name, fact in PARAM_COLUMNS.items()}
 
 
 # -- task ----------------------------------------------------------------------------------------
@@ -418,6 +438,13 @@ class DeepPriorTask:
         # a frame of unknown handedness (NYU, a seed HDF5) is taken as a right hand
         self.is_left = (np.zeros(len(self.data), bool) if self.data.is_left is None
                         else np.asarray(self.data.is_left, bool))
+        # (random-finger frames, the others), for random_fingers_share; None where unknown or one-sided
+        if not 0.0 <= rcp.random_fingers_share <= 1.0:
+            raise HandPoseError(f"random_fingers_share must be within [0, 1], got {rcp.random_fingers_share}")
+        rf = self.data.random_fingers
+        self._finger_groups = None
+        if rf is not None and 0 < int(np.sum(rf)) < len(rf):
+            self._finger_groups = (np.flatnonzero(rf), np.flatnonzero(~np.asarray(rf, bool)))
         self.align_idx = None
         if rcp.align == "auto":
             axis = layout_for(self.joint_names).axis
@@ -480,6 +507,15 @@ class DeepPriorTask:
             size = self.codec.size
         return recrop(crops, labels, tt[0], tt[1], tt[2], flip_t, big, size, z_ratio=tt[3])
 
+    def _batch_items(self, rng: np.random.Generator, batch_size: int) -> np.ndarray:
+        """(batch_size,) sorted frame indices (sorted: kinder to the memory map), ``random_fingers_share``
+        of them (binomially) from the random-finger frames where the recipe sets a share."""
+        share, groups = self.recipe.random_fingers_share, self._finger_groups
+        if share <= 0 or groups is None:
+            return np.sort(rng.integers(0, len(self.data), batch_size))
+        n_random = rng.binomial(batch_size, share)
+        return np.sort(np.concatenate([rng.choice(groups[0], n_random), rng.choice(groups[1], batch_size - n_random)]))
+
     def build_model(self) -> torch.nn.Module:
         """Fresh model for the harness to train, its PCA layer loaded with the fitted prior."""
         model = create_model(self.model_name, **self.model_config)
@@ -491,8 +527,7 @@ class DeepPriorTask:
         step = start_step
         while True:
             rng = np.random.default_rng([seed, step])
-            idx = np.sort(rng.integers(0, len(self.data), batch_size))  # sorted: kinder to the memory map
-            yield self._draw(rng, idx)
+            yield self._draw(rng, self._batch_items(rng, batch_size))
             step += 1
 
     def loss(self, model: torch.nn.Module, batch: tuple[torch.Tensor, torch.Tensor], device: torch.device
