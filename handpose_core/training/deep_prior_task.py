@@ -179,6 +179,9 @@ def recipe(name: str) -> DeepPriorRecipe:
         # (the hand's own way taken on 84.6 %) against 17.5 mm told.
         # The same 24-min run on a faster machine (a later session of 2026-12-07, AVX-512 with BF16,
         # 65 ms a step): 22,119 steps, 14.57 mm, within 40 mm 64.1 %, tracked sequences 10.55 mm.
+        # Tried there and not taken (24 min, 2,000 held-out frames): two residual blocks a stage (13,338
+        # steps) 16.06 mm, 59.8 %; Caffe's squared Euclidean loss instead of smooth L1 (21,175 steps)
+        # 15.82 mm, 62.5 %.
         return DeepPriorRecipe(model_config={"dropout": 0.0, "finetune_pca": True, "stem_pool_first": True},
                                bottleneck=40, align="auto", p_gt_centre=0.75, hands="right",
                                train=TrainConfig(steps=30000, batch_size=64, optimizer="adam", lr=1e-3,
