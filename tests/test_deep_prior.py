@@ -269,6 +269,15 @@ def test_random_fingers_share_sets_the_batches_mix():
         DeepPriorTask(replace(rcp, random_fingers_share=1.5), data, pca_samples=8)
 
 
+def test_train_command_refuses_a_share_outside_0_1_before_rendering(tmp_path, capsys):
+    from training.train_deep_prior import main
+
+    assert main(["--random-fingers-share", "1.5", "--out", str(tmp_path / "run"), "--cache-dir", str(tmp_path / "c"),
+                 "--no-progress"]) == 2
+    assert "--random-fingers-share must be within [0, 1], got 1.5" in capsys.readouterr().err
+    assert not (tmp_path / "c").exists()  # nothing rendered
+
+
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float16])
 def test_sample_nearest_picks_grid_samples_pixels(dtype):
     """recrop's gather is F.grid_sample(nearest, zeros outside -> background) without the grid."""

@@ -8,6 +8,8 @@ from collections.abc import Sequence
 
 import numpy as np
 
+from handpose_core.data.synth_hand import GESTURES
+
 
 def command_line(module: str, argv: Sequence[str] | None) -> str:
     """The command a run records with its results: ``python -m <module> <args>``, shell-quoted.
@@ -57,8 +59,6 @@ def articulation_groups(articulations: Sequence[str]) -> dict[str, np.ndarray]:
     (``HandParams.articulation``): ``gestures`` (the five gesture priors together), ``random``
     (every angle uniform within its limits: fingers in unrelated, often unnatural poses), then
     each gesture on its own. {name: (N,) bool mask}; a frame of unknown prior ("") is in none."""
-    from handpose_core.data.synth_hand import GESTURES
-
     arts = np.asarray(list(articulations), dtype=object)
     groups = {"gestures": np.isin(arts, GESTURES), "random": arts == "random"}
     groups.update({g: arts == g for g in GESTURES})

@@ -125,6 +125,10 @@ def main(argv: list[str] | None = None) -> int:
     if args.hands is not None:
         rcp.hands = args.hands
     if args.random_fingers_share is not None:
+        if not 0.0 <= args.random_fingers_share <= 1.0:  # before the training frames are rendered
+            print(f"error: --random-fingers-share must be within [0, 1], got {args.random_fingers_share}",
+                  file=sys.stderr)
+            return 2
         rcp.random_fingers_share = args.random_fingers_share
     if args.model_config:
         try:

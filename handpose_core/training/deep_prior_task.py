@@ -131,7 +131,7 @@ class DeepPriorRecipe:
     # recipe (AVX-512 machine), 2,000 held-out frames, hand told: 0 (22,119 steps) 14.57 mm, within
     # 40 mm 64.1 % (gestures 9.62 mm / 94.9 %, random fingers 19.34 mm / 34.5 %); 0.75, two seeds
     # (19,772 / 20,565 steps) 14.24 / 14.19 mm, 66.6 / 65.8 % (gestures 10.86 / 10.90 mm, 93.2 / 91.8 %;
-    # random 17.50 / 17.36 mm, 41.0 / 40.7 %). Not the default: it buys the whole set 0.4 mm with 1.3 mm
+    # random 17.50 / 17.36 mm, 41.0 / 40.7 %). Not the default: it buys the whole set 0.3-0.4 mm with 1.3 mm
     # on the gesture hands, the half nearer to real hands.
     random_fingers_share: float = 0.0
     align: tuple[str, str] | str | None = None
@@ -441,9 +441,9 @@ class DeepPriorTask:
         # a frame of unknown handedness (NYU, a seed HDF5) is taken as a right hand
         self.is_left = (np.zeros(len(self.data), bool) if self.data.is_left is None
                         else np.asarray(self.data.is_left, bool))
-        # (random-finger frames, the others), for random_fingers_share; None where unknown or one-sided
         if not 0.0 <= rcp.random_fingers_share <= 1.0:
             raise HandPoseError(f"random_fingers_share must be within [0, 1], got {rcp.random_fingers_share}")
+        # (random-finger frames, the others), for random_fingers_share; None where unknown or one-sided
         rf = self.data.random_fingers
         self._finger_groups = None
         if rf is not None and 0 < int(np.sum(rf)) < len(rf):
