@@ -454,6 +454,13 @@ def test_evaluate_cpm_writes_every_protocol(tmp_path):
     assert all(torch.equal(after["state_dict"][k], v) for k, v in before["state_dict"].items())
     assert result["crops"]["frames"] == 4 and 0.0 <= result["crops"]["pck@0.2"] <= 1.0
     assert set(result) >= {"pipeline_depth", "pipeline_search", "tracking", "hand_free"}
+    # full frames also scored per prior of the fingers; the two frames' priors, as the generator drew them
+    from handpose_core.data.synthetic import SyntheticHands
+
+    arts = [SyntheticHands(seed=result["held_out"]["seed"]).sample_params(i).articulation for i in range(2)]
+    expected = {g for g, hit in (("gestures", any(a != "random" for a in arts)), ("random", "random" in arts)) if hit}
+    assert set(result["pipeline_depth"]["by_articulation"]) == expected
+    assert all(0.0 <= v <= 1.0 for v in result["pipeline_search"]["by_articulation"].values())
     track = result["tracking"]
     assert track["frames"] == 6 and len(track["per_sequence_epe_px"]) == 2
     assert 0.0 <= track["detected"] <= 1.0 and 0.0 <= track["off_hand"] <= 1.0

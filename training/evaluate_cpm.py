@@ -56,7 +56,7 @@ from handpose_core.training.cpm_task import (
     predict_crops,
 )
 from handpose_core.training.metrics_2d import bbox_size, evaluate_2d, plot_pck
-from training import HANDEDNESS_PROTOCOLS, HandTally, command_line, hand_of
+from training import HANDEDNESS_PROTOCOLS, HandTally, articulation_groups, command_line, hand_of
 
 
 def load_model(path: str | Path, device: torch.device):
@@ -97,9 +97,10 @@ def pipeline_eval(checkpoint: str, seed: int, frames: int, handedness: str = "kn
     est = HandPoseEstimator.from_checkpoint(checkpoint, device="cpu")
     out = {}
     for mode in ("depth", "search"):
-        preds, gts, times, found, hands = [], [], [], 0, HandTally(handedness)
+        preds, gts, times, found, hands, articulations = [], [], [], 0, HandTally(handedness), []
         for i in range(frames):
             s = gen[i]
+            articulations.append(s.params.articulation)
             # each frame on its own (setting the hand forgets the track): no tracking between unrelated frames
             est.handedness = hand_of(s.is_left, handedness)
             t0 = time.perf_counter()
@@ -112,8 +113,13 @@ def pipeline_eval(checkpoint: str, seed: int, frames: int, handedness: str = "kn
             hands.add(poses, s.is_left)
             preds.append(poses[0].uv_px if poses else np.full((21, 2), np.nan, np.float32))
             gts.append(s.uv_px)
-        r = evaluate_2d(np.stack(preds), np.stack(gts), joint_names=HAND21.joint_names)
+        pred_uv, gt_uv = np.stack(preds), np.stack(gts)
+        r = evaluate_2d(pred_uv, gt_uv, joint_names=HAND21.joint_names)
         r.pop("per_joint")
+        # PCK@0.2 per prior of the fingers (see training.articulation_groups): the halves differ
+        r["by_articulation"] = {g: evaluate_2d(pred_uv[m], gt_uv[m])["pck@0.2"]
+                                for g, m in articulation_groups(articulations).items()
+                                if g in ("gestures", "random") and m.any()}
         r["detected"] = found / frames
         r["latency_median_ms"] = float(np.median(times))
         r.update(hands.figures())
@@ -271,7 +277,7 @@ def main(argv: list[str] | None = None) -> dict:
     for k in ("pipeline_depth", "pipeline_search"):
         if k in result:
             printed[k] = {kk: result[k][kk] for kk in ("pck@0.2", "auc", "detected", "latency_median_ms",
-                                                        "handedness_accuracy") if kk in result[k]}
+                                                        "handedness_accuracy", "by_articulation") if kk in result[k]}
     if "tracking" in result:
         printed["tracking"] = {k: result["tracking"][k] for k in ("pck@0.2", "epe_mean_px", "detected", "off_hand",
                                                                   "handedness_accuracy") if k in result["tracking"]}
