@@ -8,7 +8,7 @@ from collections.abc import Sequence
 
 import numpy as np
 
-from handpose_core.data.synth_hand import GESTURES
+from handpose_core.data.synth_hand import GESTURES, RANDOM_ARTICULATION
 
 
 def command_line(module: str, argv: Sequence[str] | None) -> str:
@@ -49,6 +49,8 @@ class HandTally:
         return {"handedness_accuracy": sum(self.correct) / len(self.correct)} if self.correct else {}
 
 
+# the two halves of the generator's hands, as articulation_groups names them: what the evaluators print
+ARTICULATION_HALVES = ("gestures", "random")
 # what a per-prior breakdown keeps of each group's figures (the evaluators' JSON "by_articulation")
 ARTICULATION_KEYS = ("n_frames", "detection_rate", "mean_error_mm", "frames_within_40mm", "pa_mean_error_mm",
                      "pa_frames_within_40mm", "fraction_within")
@@ -60,6 +62,6 @@ def articulation_groups(articulations: Sequence[str]) -> dict[str, np.ndarray]:
     (every angle uniform within its limits: fingers in unrelated, often unnatural poses), then
     each gesture on its own. {name: (N,) bool mask}; a frame of unknown prior ("") is in none."""
     arts = np.asarray(list(articulations), dtype=object)
-    groups = {"gestures": np.isin(arts, GESTURES), "random": arts == "random"}
+    groups = {"gestures": np.isin(arts, GESTURES), "random": arts == RANDOM_ARTICULATION}
     groups.update({g: arts == g for g in GESTURES})
     return groups

@@ -56,7 +56,7 @@ from handpose_core.training.cpm_task import (
     predict_crops,
 )
 from handpose_core.training.metrics_2d import bbox_size, evaluate_2d, plot_pck
-from training import HANDEDNESS_PROTOCOLS, HandTally, articulation_groups, command_line, hand_of
+from training import ARTICULATION_HALVES, HANDEDNESS_PROTOCOLS, HandTally, articulation_groups, command_line, hand_of
 
 
 def load_model(path: str | Path, device: torch.device):
@@ -119,7 +119,7 @@ def pipeline_eval(checkpoint: str, seed: int, frames: int, handedness: str = "kn
         # PCK@0.2 per prior of the fingers (see training.articulation_groups): the halves differ
         r["by_articulation"] = {g: evaluate_2d(pred_uv[m], gt_uv[m])["pck@0.2"]
                                 for g, m in articulation_groups(articulations).items()
-                                if g in ("gestures", "random") and m.any()}
+                                if g in ARTICULATION_HALVES and m.any()}
         r["detected"] = found / frames
         r["latency_median_ms"] = float(np.median(times))
         r.update(hands.figures())

@@ -41,7 +41,15 @@ from handpose_core.data.synthetic import SynthConfig, SyntheticHands
 from handpose_core.errors import HandPoseError
 from handpose_core.estimator import resolve_checkpoint
 from handpose_core.training.metrics import plot_curves, pose_metrics, pose_metrics_by_group
-from training import ARTICULATION_KEYS, HANDEDNESS_PROTOCOLS, HandTally, articulation_groups, command_line, hand_of
+from training import (
+    ARTICULATION_HALVES,
+    ARTICULATION_KEYS,
+    HANDEDNESS_PROTOCOLS,
+    HandTally,
+    articulation_groups,
+    command_line,
+    hand_of,
+)
 
 TEST_SEED = 1000  # training uses small data seeds; held-out frames come from this one
 
@@ -166,7 +174,7 @@ def main(argv: list[str] | None = None) -> int:
           f"{figures['pa_mean_error_mm']:.2f} mm, {figures['pa_frames_within_40mm']:.1%}"
           + (f", the hand's own taken in {figures['handedness_accuracy']:.1%}" if "handedness_accuracy" in figures
              else "") + f"; wrote {out}/{args.name}.json/.png")
-    for group in ("gestures", "random"):
+    for group in ARTICULATION_HALVES:
         if "mean_error_mm" in by_art.get(group, {}):
             r = by_art[group]
             print(f"  {group} ({r['n_frames']} frames): mean error {r['mean_error_mm']:.2f} mm, worst joint within "
@@ -193,7 +201,7 @@ def headline(figures: dict, command: str) -> dict:
     out = {k: round(figures[k], 4) if isinstance(figures[k], float) else figures[k] for k in keys}
     out["by_articulation"] = {g: {k: round(r[k], 4) for k in ("mean_error_mm", "frames_within_40mm")}
                               for g, r in figures.get("by_articulation", {}).items()
-                              if g in ("gestures", "random") and "mean_error_mm" in r}
+                              if g in ARTICULATION_HALVES and "mean_error_mm" in r}
     if "tracking" in figures:
         t = figures["tracking"]
         out["sequences"] = {"sequences": t["sequences"], "frames_per_sequence": t["frames_per_sequence"],

@@ -411,6 +411,8 @@ _GESTURES = {
     "pinch": [[25, 55, 20, 25], [45, 0, 45, 30], [30, 0, 40, 27], [35, 0, 45, 30], [40, 0, 50, 33]],
 }
 GESTURES = tuple(_GESTURES)
+RANDOM_ARTICULATION = "random"
+"""The prior of hands whose finger angles are each uniform within their limits (no gesture)."""
 
 
 def sample_joint_angles(rng: np.random.Generator, gesture_prob: float = 0.5) -> tuple[np.ndarray, str]:
@@ -426,7 +428,7 @@ def sample_joint_angles(rng: np.random.Generator, gesture_prob: float = 0.5) -> 
         deg[:20] = np.asarray(_GESTURES[mode], dtype=np.float64).reshape(-1) + rng.normal(0.0, 7.0, 20)
         spread = rng.uniform(-0.1, 1.0) if mode in ("open", "relaxed", "point") else rng.uniform(-0.2, 0.3)
     else:
-        mode = "random"
+        mode = RANDOM_ARTICULATION
         deg[:20] = rng.uniform(lo[:20], hi[:20])
         spread = rng.uniform(-0.3, 1.0)
     fingers = deg[4:20].reshape(4, 4)  # view

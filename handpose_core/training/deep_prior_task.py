@@ -40,6 +40,7 @@ import torch.nn.functional as F
 from tqdm import tqdm
 
 from handpose_core.codecs.depth_crop import DepthCropCodec, NoHandError, depth_to_mm
+from handpose_core.data.synth_hand import RANDOM_ARTICULATION
 from handpose_core.errors import HandPoseError
 from handpose_core.keypoints import HAND21, layout_for
 from handpose_core.models import create_model
@@ -400,7 +401,8 @@ def synthetic_crops(n: int, seed: int, codec: DepthCropCodec, cache_dir: str | o
 
 
 # per-frame facts of a synthetic hand that training uses beside its crop: {cache file stem: fact}
-PARAM_COLUMNS = {"is_left": lambda p: p.is_left, "random_fingers": lambda p: p.articulation == "random"}
+PARAM_COLUMNS = {"is_left": lambda p: p.is_left,
+                 "random_fingers": lambda p: p.articulation == RANDOM_ARTICULATION}
 
 
 def synthetic_param_columns(seed: int, n: int) -> dict[str, np.ndarray]:
