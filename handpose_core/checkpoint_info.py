@@ -52,6 +52,10 @@ def describe(blob: dict[str, Any]) -> list[str]:
     command = meta.get("provenance", {}).get("command")
     if command:
         lines.append(f"           {f'steps {first:,}-{step:,}: ' if first else ''}{command}")
+    fit = meta.get("confidence")  # a confidence head fitted afterwards (train_deep_prior --fit-confidence)
+    if isinstance(fit, dict) and "command" in fit:
+        lines.append(f"           then a confidence head ({fit.get('steps', 0):,} steps, "
+                     f"{fit.get('seconds', 0) / 60:.1f} min; joints unchanged): {fit['command']}")
     held_out = dict(meta.get("held_out", {}))
     if held_out:
         measured_by = held_out.pop("command", None)

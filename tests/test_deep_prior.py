@@ -413,19 +413,19 @@ def test_rotation_average_means_the_joints_of_the_turned_crops(tmp_path):
               for a in (20.0, 5.0, 35.0)]
     xyz_m = np.mean([pipeline.codec.decode_joints(pipeline._run(c, mirror=True), c) for c in turned], axis=0)
     expected = pipeline.codec.encode_joints(xyz_m, crop)
-    got, gap = pipeline._final(depth_mm, sample.intrinsics, crop, 20.0, average=True)
+    got, gap, _ = pipeline._final(depth_mm, sample.intrinsics, crop, 20.0, average=True)
     assert np.abs(expected - pipeline._run(crop, mirror=True)).max() > 1e-3  # the turned crops count
     np.testing.assert_allclose(got, expected, atol=1e-4)
     # the mirror gap is the unturned crop's: mean joint distance between its and its mirror's prediction
     plain, mirrored = plain_and_mirrored(pipeline, crop)
     assert gap == pytest.approx(float(np.linalg.norm(plain - mirrored, axis=1).mean()), abs=1e-5) and gap > 1e-3
-    alone, gap = pipeline._final(depth_mm, sample.intrinsics, crop, 20.0, average=False)
+    alone, gap, _ = pipeline._final(depth_mm, sample.intrinsics, crop, 20.0, average=False)
     np.testing.assert_allclose(alone, pipeline._run(crop), atol=1e-6)
     assert gap == 0.0
     # a network without mirror averaging (one trained on right hands) still averages the turned crops
     pipeline.flip_average = False
     xyz_m = np.mean([pipeline.codec.decode_joints(pipeline._run(c), c) for c in turned], axis=0)
-    got, gap = pipeline._final(depth_mm, sample.intrinsics, crop, 20.0, average=True)
+    got, gap, _ = pipeline._final(depth_mm, sample.intrinsics, crop, 20.0, average=True)
     np.testing.assert_allclose(got, pipeline.codec.encode_joints(xyz_m, crop), atol=1e-4)
     assert gap == 0.0
     for bad in ("abc", ["x"], [float("nan")], 15):  # a clear error at load, not at the first frame
@@ -501,7 +501,7 @@ def test_aligned_joint_centred_crops_point_the_pair_up():
         DeepPriorTask(replace(rcp, align=("wrist", "elbow")), np.stack(crops), np.stack(labels), codec)
     assert task.checkpoint_meta()["inference"] == {"passes": 3, "flip_average": False, "hands": "right",
                                                    "align": [w, m], "rotation_average": [-15.0, 15.0],
-                                                   "search": {"candidates": 4}}
+                                                   "search": {"candidates": 4}, "confidence_mm": 20.0}
     # "auto" takes the layout's hand axis; a layout without one (or a single pass) trains unaligned
     auto = DeepPriorTask(replace(rcp, align="auto"), np.stack(crops), np.stack(labels), codec)
     assert auto.align_idx == (w, m) == HAND21.axis

@@ -7,7 +7,11 @@ worst joint is within d mm", d = 0..80, detection rate; the same after a per-fra
 alignment, PA-MPJPE, which leaves the articulation's share of the error; ``by_articulation``: the
 same for each prior the generator drew the fingers from: ``gestures``, and ``random`` with every
 angle uniform within its limits, see :func:`training.articulation_groups`) and OUT/eval.png (the
-curves of all frames, aligned, and of the two halves).
+curves of all frames, aligned, and of the two halves). For a checkpoint with a confidence head
+(``train_deep_prior --fit-confidence``) the JSON also gets ``confidence``
+(:func:`handpose_core.training.metrics.confidence_figures`: how well the published per-joint
+confidence foretells each joint's error, and the frames kept when the least confident are dropped),
+drawn in OUT/NAME_confidence.png.
 
 The held-out frames are unrelated, so each is searched on its own (no tracking). With
 ``--sequences N`` the JSON also gets ``tracking``: N moving-hand sequences
@@ -40,7 +44,7 @@ from handpose_core.checkpoint import update_meta
 from handpose_core.data.synthetic import SynthConfig, SyntheticHands
 from handpose_core.errors import HandPoseError
 from handpose_core.estimator import resolve_checkpoint
-from handpose_core.training.metrics import plot_curves, pose_metrics, pose_metrics_by_group
+from handpose_core.training.metrics import confidence_figures, plot_curves, pose_metrics, pose_metrics_by_group
 from training import (
     ARTICULATION_HALVES,
     ARTICULATION_KEYS,
@@ -60,7 +64,7 @@ def evaluate(checkpoint: str, n_test: int, seed: int = TEST_SEED, device: str = 
     # unrelated frames: no tracking from one to the next
     est = HandPoseEstimator.from_checkpoint(checkpoint, device=device, tracking=False)
     gen = SyntheticHands(SynthConfig(render_rgb=False), seed=seed)
-    preds, gts, found, articulations = [], [], [], []
+    preds, gts, found, articulations, confidences = [], [], [], [], []
     t_predict, hands = [], HandTally(handedness)
     for i in tqdm(range(n_test), desc="evaluate", disable=not progress, unit="frame"):
         sample = gen[i]
@@ -73,6 +77,7 @@ def evaluate(checkpoint: str, n_test: int, seed: int = TEST_SEED, device: str = 
         found.append(bool(poses))
         hands.add(poses, sample.is_left)
         preds.append(poses[0].xyz_m * 1000.0 if poses else np.full_like(sample.xyz_m, np.nan))
+        confidences.append(poses[0].confidence if poses else np.zeros(len(sample.xyz_m), np.float32))
     pred, gt, found = np.asarray(preds), np.asarray(gts), np.asarray(found)
     if not found.any():
         raise HandPoseError("the model found no hand in any test frame")
@@ -89,7 +94,29 @@ def evaluate(checkpoint: str, n_test: int, seed: int = TEST_SEED, device: str = 
     # within its limits; the two halves score far apart, so each is reported on its own
     by_group = pose_metrics_by_group(pred, gt, found, articulation_groups(articulations), est.joint_names)
     figures["by_articulation"] = {g: {k: f[k] for k in ARTICULATION_KEYS if k in f} for g, f in by_group.items()}
+    within_mm = est.checkpoint_meta.get("inference", {}).get("confidence_mm")
+    if within_mm is not None:  # a network with a confidence head: how well its confidence foretells the error
+        errors = np.linalg.norm(pred[found] - gt[found], axis=-1)
+        figures["confidence"] = confidence_figures(np.asarray(confidences)[found], errors, float(within_mm))
     return figures
+
+
+def plot_confidence(figures: dict) -> np.ndarray:
+    """(H, 2W, 3) uint8 BGR: the confidence's calibration (left) and the frames kept by it (right)."""
+    c = figures["confidence"]
+    bins = c["calibration"]
+    reliability = plot_curves(
+        {"joints": ([100 * b["mean_confidence"] for b in bins], [b["within_share"] for b in bins]),
+         "perfectly calibrated": ([0, 100], [0.0, 1.0])},
+        f"joint confidence: AUROC {c['joint_auroc']:.2f}",
+        x_label="published joint confidence (%)", y_label=f"joints within {c['within_mm']:g} mm (%)")
+    key = f"frames_within_{c['frame_mm']:g}mm"
+    kept = plot_curves(
+        {"kept frames": ([100 * r["kept"] for r in c["coverage"]], [r[key] for r in c["coverage"]])},
+        f"least confident frames dropped: AUROC {c['frame_auroc']:.2f}",
+        x_label="frames kept, most confident first (%)",
+        y_label=f"kept frames, worst joint within {c['frame_mm']:g} mm (%)")
+    return np.hstack([reliability, kept])
 
 
 def tracking_eval(checkpoint: str, sequences: int, frames: int, seed: int = TEST_SEED, device: str = "cpu",
@@ -169,6 +196,8 @@ def main(argv: list[str] | None = None) -> int:
             curves[f"{label} ({r['n_frames']})"] = (figures["thresholds_mm"], r["fraction_within"])
     img = plot_curves(curves, title)
     write_png(out / f"{args.name}.png", img)
+    if "confidence" in figures:
+        write_png(out / f"{args.name}_confidence.png", plot_confidence(figures))
     print(f"mean error {figures['mean_error_mm']:.2f} mm (detected frames), detection {figures['detection_rate']:.1%}, "
           f"worst joint within 40 mm: {figures['frames_within_40mm']:.1%}; Procrustes-aligned "
           f"{figures['pa_mean_error_mm']:.2f} mm, {figures['pa_frames_within_40mm']:.1%}"
@@ -180,6 +209,14 @@ def main(argv: list[str] | None = None) -> int:
             print(f"  {group} ({r['n_frames']} frames): mean error {r['mean_error_mm']:.2f} mm, worst joint within "
                   f"40 mm {r['frames_within_40mm']:.1%}; Procrustes-aligned {r['pa_mean_error_mm']:.2f} mm, "
                   f"{r['pa_frames_within_40mm']:.1%}")
+    if "confidence" in figures:
+        c = figures["confidence"]
+        half = next(r for r in c["coverage"] if abs(r["kept"] - 0.5) < 1e-6)
+        within = half[f"frames_within_{c['frame_mm']:g}mm"]
+        print(f"confidence: joints within {c['within_mm']:g} mm told apart with AUROC {c['joint_auroc']:.3f}; "
+              f"frames by their least confident joint, AUROC {c['frame_auroc']:.3f}; the most confident half "
+              f"of the frames: worst joint within {c['frame_mm']:g} mm {within:.1%}, "
+              f"mean error {half['mean_error_mm']:.2f} mm")
     for mode, r in figures.get("tracking", {}).items():
         if isinstance(r, dict):
             print(f"sequences, {mode}: mean error {r['mean_error_mm']:.2f} mm, within 40 mm "
@@ -202,6 +239,13 @@ def headline(figures: dict, command: str) -> dict:
     out["by_articulation"] = {g: {k: round(r[k], 4) for k in ("mean_error_mm", "frames_within_40mm")}
                               for g, r in figures.get("by_articulation", {}).items()
                               if g in ARTICULATION_HALVES and "mean_error_mm" in r}
+    if "confidence" in figures:
+        c = figures["confidence"]
+        key = f"frames_within_{c['frame_mm']:g}mm"
+        half = next(r for r in c["coverage"] if abs(r["kept"] - 0.5) < 1e-6)
+        out["confidence"] = {"within_mm": c["within_mm"], "joint_auroc": round(c["joint_auroc"], 4),
+                             "frame_auroc": round(c["frame_auroc"], 4),
+                             f"most_confident_half_{key}": round(half[key], 4)}
     if "tracking" in figures:
         t = figures["tracking"]
         out["sequences"] = {"sequences": t["sequences"], "frames_per_sequence": t["frames_per_sequence"],

@@ -8,6 +8,14 @@ Examples:
 Writes OUT/model.pt (inference checkpoint), OUT/last.pt (resume with --resume), OUT/result.json,
 OUT/tb/ (TensorBoard: `tensorboard --logdir OUT/tb`) and, with --export, a copy of model.pt
 carrying the held-out figures in its metadata.
+
+``--fit-confidence CKPT`` trains nothing else: it gives a trained checkpoint a confidence head
+(each joint's probability of lying within ``--confidence-mm`` of the truth), fitted on the
+checkpoint's own recipe and the training frames while every other weight stays as it is, and
+writes OUT/model.pt (and the --export copy):
+
+    python -m training.train_deep_prior --fit-confidence handpose_core/weights/deep_prior_synth.pt \
+        --out runs/confidence --export handpose_core/weights/deep_prior_synth.pt
 """
 
 from __future__ import annotations
@@ -23,10 +31,19 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from handpose_core.atomic import atomic_write
+from handpose_core.checkpoint import load_checkpoint, save_checkpoint
 from handpose_core.codecs.depth_crop import DepthCropCodec
 from handpose_core.errors import HandPoseError
 from handpose_core.models import create_model
-from handpose_core.training.deep_prior_task import CropSet, DeepPriorRecipe, DeepPriorTask, recipe, synthetic_crops
+from handpose_core.training.deep_prior_task import (
+    CropSet,
+    DeepPriorRecipe,
+    DeepPriorTask,
+    fit_confidence,
+    recipe,
+    synthetic_crops,
+)
 from handpose_core.training.harness import train
 from training import command_line
 
@@ -69,6 +86,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--workers", type=int, default=2, help="processes rendering synthetic frames")
     p.add_argument("--export", help="also copy the final model here (e.g. handpose_core/weights/deep_prior_synth.pt)")
     p.add_argument("--no-progress", action="store_true", help="no progress bars (for logs)")
+    p.add_argument("--fit-confidence", metavar="CKPT",
+                   help="only fit a confidence head onto this trained checkpoint (its other weights unchanged; "
+                        "--steps default 2000, --batch-size 256; ~5 min on 2 CPU cores) and write OUT/model.pt")
+    p.add_argument("--confidence-mm", type=float, default=DeepPriorRecipe.confidence_mm,
+                   help="the confidence head's distance: it gives each joint's probability of lying within this "
+                        "many mm of the truth (default %(default)s)")
     return p
 
 
@@ -111,7 +134,10 @@ def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s")
     if args.threads:
         torch.set_num_threads(args.threads)
+    if args.fit_confidence:
+        return fit_confidence_main(args, argv)
     rcp = recipe(args.recipe)
+    rcp.confidence_mm = args.confidence_mm
     cfg = rcp.train
     cfg.out_dir, cfg.device, cfg.seed, cfg.resume = args.out, args.device, args.seed, args.resume
     cfg.progress = not args.no_progress
@@ -180,7 +206,8 @@ def main(argv: list[str] | None = None) -> int:
         x_val, y_val = recrop_plain(val, task.codec)
 
         def evaluate(model, device):
-            preds = torch.cat([model(x_val[i:i + 256].to(device)).float().cpu() for i in range(0, len(x_val), 256)])
+            preds = torch.cat([model(x_val[i:i + 256].to(device))[..., :3].float().cpu()
+                               for i in range(0, len(x_val), 256)])
             err = torch.linalg.vector_norm(preds - y_val, dim=-1) * (task.codec.cube_mm / 2)
             return {"val_approx_mean_mm": float(err.mean()),
                     "val_approx_within_40mm": float((err.max(dim=1).values <= 40).float().mean())}
@@ -191,6 +218,60 @@ def main(argv: list[str] | None = None) -> int:
     if args.export:
         Path(args.export).parent.mkdir(parents=True, exist_ok=True)
         shutil.copyfile(result["checkpoint"], args.export)
+        print(f"exported to {args.export}")
+    return 0
+
+
+def checkpoint_recipe(meta: dict) -> DeepPriorRecipe:
+    """The :class:`DeepPriorRecipe` a checkpoint was trained with (``meta["recipe"]``; fields it predates
+    take their defaults)."""
+    known = DeepPriorRecipe.__dataclass_fields__
+    stored = {k: v for k, v in meta.get("recipe", {}).items() if k in known and k != "train"}
+    for name in ("rotation_average", "align"):  # tuples, stored as JSON-style lists
+        if isinstance(stored.get(name), list):
+            stored[name] = tuple(stored[name])
+    return DeepPriorRecipe(**stored)
+
+
+def fit_confidence_main(args: argparse.Namespace, argv: list[str] | None) -> int:
+    """``--fit-confidence``: a trained checkpoint + a fitted confidence head -> OUT/model.pt (see the module doc)."""
+    try:
+        blob = load_checkpoint(args.fit_confidence)
+        meta = blob["meta"]
+        if meta.get("modality") != "depth" or blob["model"]["name"] not in ("deep_prior_res", "deep_prior_seed"):
+            raise HandPoseError(f"{args.fit_confidence} is not a DeepPrior checkpoint")
+        rcp = checkpoint_recipe(meta)
+        rcp.confidence, rcp.confidence_mm = True, args.confidence_mm
+        config = {**blob["model"]["config"], "confidence": True}
+        model = create_model(blob["model"]["name"], **config)
+        missing, unexpected = model.load_state_dict(blob["state_dict"], strict=False)
+        if unexpected or any(not k.startswith("confidence.") for k in missing):
+            raise HandPoseError(f"{args.fit_confidence}: weights do not fit {blob['model']['name']} "
+                                f"(missing {missing}, unexpected {unexpected})")
+        data, names, _ = load_training_data(args, DepthCropCodec(), rcp.big_factor, rcp.max_search_offset_mm)
+        if tuple(names) != tuple(meta["joint_names"]):
+            raise HandPoseError(f"the training data's joints {names} are not the checkpoint's {meta['joint_names']}")
+        task = DeepPriorTask(rcp, data, codec=DepthCropCodec(), joint_names=names, pca_samples=400)
+    except HandPoseError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    torch.manual_seed(args.seed)
+    t0 = time.perf_counter()
+    fit = fit_confidence(model, task, steps=args.steps or 2000, batch_size=args.batch_size or 256,
+                         seed=args.seed, progress=not args.no_progress)
+    fit.update({"within_mm": args.confidence_mm, "seconds": round(time.perf_counter() - t0, 1),
+                "command": command_line("training.train_deep_prior", argv)})
+    meta = {**meta, "inference": {**meta.get("inference", {}), "confidence_mm": float(args.confidence_mm)},
+            "confidence": fit}
+    meta["recipe"] = {**meta.get("recipe", {}), "confidence": True, "confidence_mm": float(args.confidence_mm)}
+    out = Path(args.out) / "model.pt"
+    out.parent.mkdir(parents=True, exist_ok=True)
+    save_checkpoint(out, blob["model"]["name"], config, model.state_dict(), meta, step=blob.get("step", 0))
+    print(f"confidence head fitted in {fit['seconds'] / 60:.1f} min ({fit['steps']} steps, final BCE "
+          f"{fit['final_bce']:.4f}); checkpoint {out}")
+    if args.export:
+        Path(args.export).parent.mkdir(parents=True, exist_ok=True)
+        atomic_write(args.export, lambda tmp: shutil.copyfile(out, tmp))  # may replace the packaged weights
         print(f"exported to {args.export}")
     return 0
 

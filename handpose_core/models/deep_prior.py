@@ -2,13 +2,21 @@
 
 Input:  (N, 1, 128, 128) float32 normalized depth crop in [-1, 1] (see
         :class:`handpose_core.codecs.depth_crop.DepthCropCodec`).
-Output: (N, J, 3) float32 joints in *normalized uvd* of the crop's cube (u, v, d in about [-1, 1]).
+Output: (N, J, 3) float32 joints in *normalized uvd* of the crop's cube (u, v, d in about [-1, 1]);
+        with a confidence head (``confidence=True``) (N, J, 4): a fourth column, each joint's
+        probability of lying within the checkpoint's ``inference.confidence_mm`` of the truth.
 
 Layout::
 
     features:  a CNN -> (N, F) feature vector                       (forward_features)
     head:      FC layers -> linear bottleneck of k units (k = 30-40)  (forward_head ...)
                -> PCA layer: mean + basis @ b, (J*3) -> (N, J, 3)     (... returns joints)
+
+The confidence head (optional) is a small MLP on the FC head's output, trained to tell, joint by
+joint, whether the network's own prediction lies within a distance of the truth (a binary
+cross-entropy on the prediction's error, :func:`handpose_core.training.deep_prior_task.confidence_loss`).
+It reads that output detached, so it never trains the pose network: adding it leaves the joints as
+they were, and it can be fitted afterwards on a trained, frozen network.
 
 The PCA layer is a linear layer initialised from the principal components of the training poses
 (:func:`fit_pca`, loaded with :func:`load_pca`); it is frozen unless ``finetune_pca`` is set.
@@ -196,6 +204,7 @@ class DeepPrior(nn.Module):
                    keeps the 4x4 spatial layout for the FC head (positions matter for regression),
                    'avg' global-average-pools it.
     stem_pool_first: the stem is conv -> max-pool -> BN -> ReLU (else conv -> BN -> ReLU -> max-pool).
+    confidence:    add the confidence head (module doc); ``forward`` then returns (N, J, 4).
     """
 
     def __init__(
@@ -217,6 +226,7 @@ class DeepPrior(nn.Module):
         stem_pool: bool = True,
         stem_pool_first: bool = False,
         pool: str = "flatten",
+        confidence: bool = False,
     ) -> None:
         super().__init__()
         self.backbone = backbone
@@ -245,6 +255,9 @@ class DeepPrior(nn.Module):
         self.fc = nn.Sequential(*head)
         self.bottleneck = nn.Linear(cin, bottleneck)
         self.pca = PCALayer(bottleneck, num_joints, trainable=finetune_pca)
+        # per-joint logits of "within the distance"; None without the head
+        self.confidence = (nn.Sequential(nn.Linear(cin, 128), nn.ReLU(inplace=True), nn.Linear(128, num_joints))
+                           if confidence else None)
         self._init_weights()
 
     def _init_weights(self) -> None:
@@ -286,12 +299,22 @@ class DeepPrior(nn.Module):
         """(N, F) features -> (N, k) bottleneck (PCA coefficients)."""
         return self.bottleneck(self.fc(features))
 
+    def forward_pose(self, features: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """(N, F) features -> ((N, J, 3) normalized uvd, (N, J) confidence logits or None without the head).
+
+        The head reads the FC output detached: its loss never reaches the pose network."""
+        hidden = self.fc(features)
+        joints = self.pca(self.bottleneck(hidden))
+        return joints, None if self.confidence is None else self.confidence(hidden.detach())
+
     def forward_head(self, features: torch.Tensor) -> torch.Tensor:
-        """(N, F) features -> (N, J, 3) normalized uvd."""
-        return self.pca(self.forward_embedding(features))
+        """(N, F) features -> (N, J, 3) normalized uvd; with the confidence head (N, J, 4), the fourth
+        column each joint's probability of lying within the checkpoint's ``confidence_mm``."""
+        joints, logits = self.forward_pose(features)
+        return joints if logits is None else torch.cat([joints, torch.sigmoid(logits)[..., None]], dim=-1)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        """(N, 1, S, S) normalized depth crop -> (N, J, 3) normalized uvd."""
+        """(N, 1, S, S) normalized depth crop -> (N, J, 3) normalized uvd ((N, J, 4) with confidence)."""
         return self.forward_head(self.forward_features(x))
 
 

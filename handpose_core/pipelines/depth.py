@@ -63,10 +63,12 @@ Such a network is not mirror-averaged (``flip_average``: the mirror is the other
 pass still averages the ``rotation_average`` crops, and the search's candidates are judged with a
 mirror gap of 0.
 
-Per-joint confidence (DeepPrior has no score of its own): 1.0 for a joint predicted inside the
-crop's cube, falling linearly to 0.0 at 1.5 cube half-widths from the centre along the worst of
-u, v, d. A hand the model cannot explain tends to push joints out of the cube; a normal
-prediction has every joint at 1.0.
+Per-joint confidence: the geometric one, 1.0 for a joint predicted inside the crop's cube, falling
+linearly to 0.0 at 1.5 cube half-widths from the centre along the worst of u, v, d (a hand the
+model cannot explain tends to push joints out of the cube), times, for a network with a confidence
+head (``models.deep_prior``), the head's probability that the joint lies within the checkpoint's
+``inference.confidence_mm`` of the truth, averaged over the final pass's crops. Tracking follows the
+geometric one alone, as before the head: a finger the network cannot read is no reason to lose the hand.
 """
 
 from __future__ import annotations
@@ -244,10 +246,11 @@ class DepthPipeline(Handedness):
         prediction and its mirror image's (see the module doc)."""
         return self._run_batch([crop], mirror)[0][0]
 
-    def _run_batch(self, crops: list, mirror: bool = False) -> tuple[np.ndarray, np.ndarray]:
-        """One network call on N crops -> ((N, J, 3) normalized uvd, (N,) mirror gap); with ``mirror``
-        each is the mean of the crop's prediction and its mirror image's, all mirrors in the same batch
-        of 2N, and the gap is the mean joint distance between the two (normalized units; 0 without)."""
+    def _run_batch(self, crops: list, mirror: bool = False) -> tuple[np.ndarray, np.ndarray, np.ndarray | None]:
+        """One network call on N crops -> ((N, J, 3) normalized uvd, (N,) mirror gap, (N, J) learned
+        confidence or None for a network without the head); with ``mirror`` each is the mean of the
+        crop's prediction and its mirror image's, all mirrors in the same batch of 2N, and the gap is
+        the mean joint distance between the two (normalized units; 0 without)."""
         n = len(crops)
         x = torch.from_numpy(np.stack([c.image for c in crops]))[:, None]
         left = self._hand == "left"
@@ -256,32 +259,36 @@ class DepthPipeline(Handedness):
         if mirror:
             x = torch.cat([x, x.flip(-1)])  # the crop's u -> -u: column c -> size - 1 - c
         with torch.inference_mode():
-            uvd = self.model(x.to(device=self.device, dtype=self.dtype)).float().cpu().numpy()
+            out = self.model(x.to(device=self.device, dtype=self.dtype)).float().cpu().numpy()
+        # a network with a confidence head adds a fourth column (models.deep_prior)
+        uvd, learned = out[..., :3], (out[..., 3] if out.shape[-1] == 4 else None)
         if left:
             uvd[:, :, 0] *= -1.0
         if not mirror:
-            return uvd, np.zeros(n, np.float32)
+            return uvd, np.zeros(n, np.float32), learned
         uvd[n:, :, 0] *= -1.0
         gap = np.linalg.norm(uvd[:n] - uvd[n:], axis=2).mean(axis=1)
-        return (uvd[:n] + uvd[n:]) / 2.0, gap
+        return (uvd[:n] + uvd[n:]) / 2.0, gap, None if learned is None else (learned[:n] + learned[n:]) / 2.0
 
     def _final(self, depth_mm: np.ndarray, intrinsics: Intrinsics, crop, rotation_deg: float,
-               average: bool) -> tuple[np.ndarray, float]:
+               average: bool) -> tuple[np.ndarray, float, np.ndarray | None]:
         """The final pass on ``crop`` (turned by ``rotation_deg``) -> ((J, 3) normalized uvd in it, the
-        crop's mirror gap (see :meth:`_run_batch`)). With ``average``: each crop mirror-averaged where
-        the checkpoint says ``flip_average``, and with ``rotation_average`` offsets the crop is also cut
-        turned by each offset, all in one batch; the joints are averaged in the camera frame and
-        encoded back into ``crop``."""
+        crop's mirror gap (see :meth:`_run_batch`), (J,) learned confidence or None). With ``average``:
+        each crop mirror-averaged where the checkpoint says ``flip_average``, and with
+        ``rotation_average`` offsets the crop is also cut turned by each offset, all in one batch; the
+        joints are averaged in the camera frame and encoded back into ``crop``, the confidences
+        averaged."""
         mirror = average and self.flip_average
         if not (average and self.rotation_average):
-            uvd, gap = self._run_batch([crop], mirror=mirror)
-            return uvd[0], float(gap[0])
+            uvd, gap, learned = self._run_batch([crop], mirror=mirror)
+            return uvd[0], float(gap[0]), None if learned is None else learned[0]
         crops = [crop] + [self.codec.encode_mm(depth_mm, intrinsics, com_xyz_mm=crop.com_xyz_mm,
                                                rotation_deg=rotation_deg + offset)
                           for offset in self.rotation_average]
-        uvd, gap = self._run_batch(crops, mirror=mirror)
+        uvd, gap, learned = self._run_batch(crops, mirror=mirror)
         xyz_m = np.mean([self.codec.decode_joints(u, c) for u, c in zip(uvd, crops, strict=True)], axis=0)
-        return self.codec.encode_joints(xyz_m, crop), float(gap[0])
+        return (self.codec.encode_joints(xyz_m, crop), float(gap[0]),
+                None if learned is None else learned.mean(axis=0))
 
     def predict(self, image: np.ndarray, intrinsics: Intrinsics | None, depth: np.ndarray | None = None
                 ) -> list[HandPose]:
@@ -313,10 +320,11 @@ class DepthPipeline(Handedness):
             except NoHandError:
                 self.reset()
                 return []
-        (uvd, crop, xyz_m, _), vote = found
+        (uvd, crop, xyz_m, _, learned), vote = found
         uv_px = self.codec.decode_uv(uvd, crop)
-        confidence = joint_confidence(uvd)
-        if self.tracking and float(confidence.mean()) >= self.track_cfg["min_confidence"]:
+        inside = joint_confidence(uvd)
+        # the track follows the geometric confidence alone: a hand it cannot read well is still there
+        if self.tracking and float(inside.mean()) >= self.track_cfg["min_confidence"]:
             self._track = self._next_crop(uv_px, xyz_m)
             self._track_key = key
             self._tracked_frames = 0 if source == "search" else self._tracked_frames + 1
@@ -329,6 +337,7 @@ class DepthPipeline(Handedness):
         extras = {"crop": crop.image, "crop_uv": crop_uv, "uvd_norm": uvd,
                   "com_xyz_m": (crop.com_xyz_mm / 1000.0).astype(np.float32), "box_source": source,
                   "handedness": self._hand}
+        confidence = inside if learned is None else (inside * learned).astype(np.float32)
         return [HandPose(uv_px, xyz_m, confidence, self.joint_names, crop.box_px, extras)]
 
     def _next_crop(self, uv_px: np.ndarray, xyz_m: np.ndarray) -> tuple[np.ndarray, float] | None:
@@ -351,11 +360,12 @@ class DepthPipeline(Handedness):
     def _passes(self, depth_mm: np.ndarray, intrinsics: Intrinsics, crop, passes: int, average_last: bool,
                 rotation_deg: float = 0.0):
         """``passes`` network passes, the first on ``crop`` (turned by ``rotation_deg``), each later one on
-        the crop that follows the previous one -> (uvd, crop, xyz m, the final crop's mirror gap);
-        ``average_last``: the last of them averaged (see :meth:`_final`)."""
-        gap = 0.0
+        the crop that follows the previous one -> (uvd, crop, xyz m, the final crop's mirror gap, the
+        final pass's learned confidence: None for a network without the head, or where the passes
+        stop early); ``average_last``: the last of them averaged (see :meth:`_final`)."""
+        gap, learned = 0.0, None
         if passes == 1:
-            uvd, gap = self._final(depth_mm, intrinsics, crop, rotation_deg, average_last)
+            uvd, gap, learned = self._final(depth_mm, intrinsics, crop, rotation_deg, average_last)
         else:
             uvd = self._run(crop)
         xyz_m = self.codec.decode_joints(uvd, crop)
@@ -365,14 +375,14 @@ class DepthPipeline(Handedness):
                 break
             crop = self.codec.encode_mm(depth_mm, intrinsics, com_xyz_mm=follow[0], rotation_deg=follow[1])
             if k == passes - 1:
-                uvd, gap = self._final(depth_mm, intrinsics, crop, follow[1], average_last)
+                uvd, gap, learned = self._final(depth_mm, intrinsics, crop, follow[1], average_last)
             else:
                 uvd = self._run(crop)
             xyz_m = self.codec.decode_joints(uvd, crop)
-        return uvd, crop, xyz_m, gap
+        return uvd, crop, xyz_m, gap, learned
 
     def _searched(self, depth_mm: np.ndarray, intrinsics: Intrinsics):
-        """A frame without a track -> (uvd, crop, xyz m, mirror gap) of the hand search's best candidate.
+        """A frame without a track -> :meth:`_passes`' result for the hand search's best candidate.
 
         The search's first candidate runs every pass. With ``search.candidates`` > 1 (and
         ``flip_average``), where its :func:`fit_score` is below ``search.accept`` the search goes on
@@ -384,7 +394,7 @@ class DepthPipeline(Handedness):
             return self._passes(depth_mm, intrinsics, crop, self.passes, self.average_final)
 
         def score(result) -> float:
-            uvd, crop, _, gap = result
+            uvd, crop, _, gap, _ = result
             return fit_score(uvd, crop.image, gap, self.search_cfg["weights"])
 
         found = self.codec.candidates(depth_mm, intrinsics)
@@ -402,7 +412,7 @@ class DepthPipeline(Handedness):
         return best if best_score - first_score > float(self.search_cfg["margin"]) else first
 
     def _as_hand(self, hand: str | None, run):
-        """``run()`` (a frame's passes, -> (uvd, crop, xyz m, gap)) as ``hand`` -> (its result, None);
+        """``run()`` (a frame's passes, -> :meth:`_passes`' result) as ``hand`` -> (its result, None);
         for a right-hand network with ``hand`` None, as each hand -> (the result of the hand the
         track's vote calls, the vote's sum with this frame's margin in it). Sets ``self._hand``.
 
@@ -425,7 +435,7 @@ class DepthPipeline(Handedness):
 
     def _tracked(self, depth_mm: np.ndarray, intrinsics: Intrinsics, key: tuple):
         """This frame from the previous one's joints, as the track's hand (see :meth:`_as_hand`) ->
-        ((uvd, crop, xyz m, gap), vote sum or None), or None to search instead."""
+        (:meth:`_passes`' result, vote sum or None), or None to search instead."""
         redetect = int(self.track_cfg["redetect_every"])
         if self._track is None or self._track_key != key:
             self.reset()

@@ -125,11 +125,63 @@ def pose_metrics_by_group(pred_mm: np.ndarray, gt_mm: np.ndarray, found: np.ndar
     return out
 
 
-def plot_curves(curves: dict[str, tuple[Sequence[float], Sequence[float]]], title: str = "",
-                size: tuple[int, int] = (720, 480)) -> np.ndarray:
-    """Draw "fraction of frames with worst joint within d" curves with OpenCV (no matplotlib).
+def auroc(positive: np.ndarray, score: np.ndarray) -> float:
+    """Area under the ROC curve of ``score`` for telling ``positive`` (bool) items from the rest
+    (the Mann-Whitney U statistic, ties counted half); NaN where either class is empty."""
+    from scipy.stats import rankdata
 
-    curves: {label: (thresholds_mm, fractions)}. Returns (H, W, 3) uint8 BGR, ready for cv2.imwrite.
+    positive = np.asarray(positive, bool).ravel()
+    ranks = rankdata(np.asarray(score, np.float64).ravel())
+    n_pos, n_neg = int(positive.sum()), int((~positive).sum())
+    if n_pos == 0 or n_neg == 0:
+        return float("nan")
+    return float((ranks[positive].sum() - n_pos * (n_pos + 1) / 2) / (n_pos * n_neg))
+
+
+CONFIDENCE_BINS = (0.0, 0.2, 0.4, 0.6, 0.8, 1.0)
+COVERAGE_KEPT = tuple(np.round(np.arange(1.0, 0.09, -0.05), 2))
+
+
+def confidence_figures(confidence: np.ndarray, errors_mm: np.ndarray, within_mm: float,
+                       frame_mm: float = 40.0) -> dict:
+    """How well per-joint confidences foretell the joints' errors.
+
+    confidence: (F, J) in [0, 1], a joint's probability of lying within ``within_mm`` of the truth;
+    errors_mm: (F, J) the joints' errors. Returns ``joint_auroc`` (confidence telling the joints
+    within ``within_mm`` from the rest), ``calibration`` (for each confidence bin of
+    :data:`CONFIDENCE_BINS`: joints, their mean confidence and the share actually within), and, with
+    a frame scored by its least confident joint, ``frame_auroc`` (telling frames whose worst joint is
+    within ``frame_mm``) and ``coverage``: keeping only the most confident share of frames
+    (:data:`COVERAGE_KEPT`), their share with the worst joint within ``frame_mm`` and mean error.
+    """
+    conf = np.asarray(confidence, np.float64)
+    err = np.asarray(errors_mm, np.float64)
+    within = err <= within_mm
+    bins = []
+    for lo, hi in zip(CONFIDENCE_BINS[:-1], CONFIDENCE_BINS[1:], strict=True):
+        sel = (conf >= lo) & ((conf < hi) if hi < 1.0 else (conf <= hi))
+        if sel.any():
+            bins.append({"from": lo, "to": hi, "joints": int(sel.sum()), "mean_confidence": float(conf[sel].mean()),
+                         "within_share": float(within[sel].mean())})
+    score = conf.min(axis=1)
+    frame_ok = err.max(axis=1) <= frame_mm
+    order = np.argsort(-score, kind="stable")
+    coverage = []
+    for kept in COVERAGE_KEPT:
+        k = order[: max(1, int(round(kept * len(order))))]
+        coverage.append({"kept": float(kept), f"frames_within_{frame_mm:g}mm": float(frame_ok[k].mean()),
+                         "mean_error_mm": float(err[k].mean())})
+    return {"within_mm": float(within_mm), "joint_auroc": auroc(within, conf), "calibration": bins,
+            "frame_auroc": auroc(frame_ok, score), "frame_mm": float(frame_mm), "coverage": coverage}
+
+
+def plot_curves(curves: dict[str, tuple[Sequence[float], Sequence[float]]], title: str = "",
+                size: tuple[int, int] = (720, 480), x_label: str = "distance threshold d (mm)",
+                y_label: str = "frames with worst joint within d (%)") -> np.ndarray:
+    """Draw curves with OpenCV (no matplotlib): by default "fraction of frames with worst joint within d".
+
+    curves: {label: (xs, fractions)}, xs from 0 (mm by default); the y axis shows fractions as %.
+    Returns (H, W, 3) uint8 BGR, ready for cv2.imwrite.
     """
     w, h = size
     left, right, top, bottom = 70, 20, 40, 60
@@ -150,10 +202,9 @@ def plot_curves(curves: dict[str, tuple[Sequence[float], Sequence[float]]], titl
         cv2.line(img, to_px(x, 0), to_px(x, 1), grey, 1)
         cv2.putText(img, f"{x}", (to_px(x, 0)[0] - 8, top + ph + 20), font, 0.45, black, 1, cv2.LINE_AA)
     cv2.rectangle(img, to_px(0, 1), to_px(x_max, 0), black, 1)
-    cv2.putText(img, "distance threshold d (mm)", (left + pw // 2 - 110, h - 15), font, 0.55, black, 1, cv2.LINE_AA)
-    label_y = "frames with worst joint within d (%)"
+    cv2.putText(img, x_label, (left + pw // 2 - 110, h - 15), font, 0.55, black, 1, cv2.LINE_AA)
     ylab = np.full((24, 330, 3), 255, np.uint8)
-    cv2.putText(ylab, label_y, (2, 17), font, 0.5, black, 1, cv2.LINE_AA)
+    cv2.putText(ylab, y_label, (2, 17), font, 0.5, black, 1, cv2.LINE_AA)
     ylab = cv2.rotate(ylab, cv2.ROTATE_90_COUNTERCLOCKWISE)
     y0 = max(0, top + ph // 2 - ylab.shape[0] // 2)
     img[y0 : y0 + ylab.shape[0], 4 : 4 + ylab.shape[1]] = ylab[: h - y0]
