@@ -146,3 +146,21 @@ def test_fit_confidence_command_and_evaluation(tmp_path):
     bad = tmp_path / "bad.pt"
     save_checkpoint(bad, "cpm", {}, {}, {"modality": "rgb"})
     assert train_main(["--fit-confidence", str(bad), "--out", str(tmp_path / "x")]) == 2
+
+
+def test_debug_crop_draws_the_unsure_joints_red():
+    from handpose_core.keypoints import HAND21
+    from handpose_core.pipelines.depth import draw_crop
+
+    crop = np.ones((64, 64), np.float32)  # empty: black background
+    uv = np.stack([np.linspace(8, 56, 21), np.full(21, 32.0)], axis=1)
+    conf = np.ones(21, np.float32)
+    conf[4] = 0.2  # the thumb tip
+    img = draw_crop(crop, uv, HAND21, 3, conf)
+
+    def at(j: int) -> tuple:  # the image pixel at joint j's centre
+        x, y = ((uv[j] + 0.5) * 3 - 0.5).round().astype(int)
+        return tuple(img[y, x])
+
+    assert at(4) == (255, 40, 40) and at(0) == (255, 255, 255)
+    np.testing.assert_array_equal(draw_crop(crop, uv, HAND21, 3), draw_crop(crop, uv, HAND21, 3, np.ones(21)))

@@ -461,7 +461,7 @@ class DepthPipeline(Handedness):
         size = self.codec.size * scale
         if poses and "crop" in poses[0].extras:
             pose = poses[0]
-            return draw_crop(pose.extras["crop"], pose.extras["crop_uv"], self.layout, scale)
+            return draw_crop(pose.extras["crop"], pose.extras["crop_uv"], self.layout, scale, pose.confidence)
         canvas = np.zeros((size, size, 3), np.uint8)
         if isinstance(image, np.ndarray) and image.ndim == 2 and image.size:
             mm = depth_to_mm(image) if image.dtype in (np.uint16, np.float32, np.float64) else None
@@ -477,10 +477,16 @@ class DepthPipeline(Handedness):
         return canvas
 
 
-def draw_crop(crop: np.ndarray, crop_uv: np.ndarray, layout: KeypointLayout, scale: int = 3) -> np.ndarray:
+LOW_CONFIDENCE = 0.5
+"""Joints below this confidence are drawn red in the debug image (:func:`draw_crop`)."""
+
+
+def draw_crop(crop: np.ndarray, crop_uv: np.ndarray, layout: KeypointLayout, scale: int = 3,
+              confidence: np.ndarray | None = None) -> np.ndarray:
     """(S, S) normalized crop in [-1, 1] and (J, 2) crop pixels -> (S*scale, S*scale, 3) uint8 RGB.
 
-    Near is bright, the far face and holes are black; bones are coloured per finger.
+    Near is bright, the far face and holes are black; bones are coloured per finger; joints are
+    white dots, larger red ones where ``confidence`` ((J,), optional) is below :data:`LOW_CONFIDENCE`.
     """
     gray = np.clip((1.0 - crop) * 127.5, 0, 255).astype(np.uint8)
     size = crop.shape[0] * scale
@@ -492,9 +498,12 @@ def draw_crop(crop: np.ndarray, crop_uv: np.ndarray, layout: KeypointLayout, sca
         if np.all(np.isfinite(pa)) and np.all(np.isfinite(pb)):
             colour = palette[(n // 4) % len(palette)] if layout.num_joints == 21 else palette[n % len(palette)]
             cv2.line(rgb, tuple(int(round(c)) for c in pa), tuple(int(round(c)) for c in pb), colour, 2, cv2.LINE_AA)
-    for p in pts:
+    low = (np.zeros(len(pts), bool) if confidence is None
+           else np.asarray(confidence, np.float32).reshape(-1) < LOW_CONFIDENCE)
+    for p, unsure in zip(pts, low, strict=True):
         if np.all(np.isfinite(p)):
-            cv2.circle(rgb, tuple(int(round(c)) for c in p), 3, (255, 255, 255), -1, cv2.LINE_AA)
+            centre = tuple(int(round(c)) for c in p)
+            cv2.circle(rgb, centre, 5 if unsure else 3, (255, 40, 40) if unsure else (255, 255, 255), -1, cv2.LINE_AA)
     return rgb
 
 
