@@ -431,3 +431,18 @@ def test_evaluators_tell_the_hand_or_not(tmp_path):
     held_out = load_checkpoint(path)["meta"]["held_out"]
     assert "left hands mirrored" in held_out["protocol"] and held_out["handedness"] == "auto"
     assert held_out["crops_auto_pck@0.2"] == pytest.approx(result["crops_auto"]["pck@0.2"], abs=1e-4)
+
+
+@pytest.mark.parametrize("weight, called", [(0.2, "left"), (0.0, "right")])
+def test_depth_auto_weighs_how_sure_the_network_is_each_way(tmp_path, weight, called):
+    """A network with a confidence head adds weight x (left run's mean confidence - right run's) to
+    the spread margin; here the spreads tie, so the confidence decides (a tie calls right)."""
+    est = _depth_right(tmp_path, track={"handedness_confidence_weight": weight})
+    pipe = est._pipeline
+    uvd = np.zeros((21, 3), np.float32)
+    learned = {"right": np.full(21, 0.3, np.float32), "left": np.full(21, 0.9, np.float32)}
+    result, total = pipe._as_hand(None, lambda: (uvd, None, None, 0.0, learned[pipe._hand]))
+    assert pipe._hand == called and total == pytest.approx(weight * 0.6)
+    # without the head (no learned confidence) the spread alone decides, as before
+    result, total = pipe._as_hand(None, lambda: (uvd, None, None, 0.0, None))
+    assert pipe._hand == "right" and total == 0.0
