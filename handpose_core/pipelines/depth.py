@@ -118,8 +118,9 @@ TRACK_DEFAULTS: dict[str, Any] = {
     # much surer the network is of its joints run as a left hand than as a right one (mean learned
     # confidence, times this; see DepthPipeline._as_hand). Default-recipe 24-min weights with the head,
     # one frame's pick: weight fitted on 1,000 frames of seed 3000 (0.15-0.35 within 0.5 points), then
-    # 2,000 held-out frames of seed 1000: hand right 82.5 % -> 86.3 %, 19.80 -> 18.41 mm (told 14.14).
-    # The confidence alone picks as well as the spread (82.1 %); they err on different frames.
+    # 2,000 held-out frames of seed 1000 (evaluate_deep_prior --handedness auto): the hand's own 82.5 %
+    # -> 86.2 %, 19.80 -> 18.41 mm (told 14.14); 20 tracked sequences 14.52 -> 12.57 mm. The
+    # confidence alone picks as well as the spread (82.1 %); they err on different frames.
     "handedness_confidence_weight": 0.2,
 }
 

@@ -617,7 +617,8 @@ class DeepPriorTask:
 
 def fit_confidence(model: torch.nn.Module, task: DeepPriorTask, steps: int = 2000, batch_size: int = 256,
                    lr: float = 1e-3, seed: int = 0, progress: bool = True) -> dict[str, float]:
-    """Fit ``model.confidence`` (a fresh head) on a trained, frozen network; returns figures of the fit.
+    """Fit ``model.confidence`` on a trained, frozen network (from the head's current weights: fresh
+    ones for a checkpoint without a head); returns figures of the fit.
 
     Everything but the head stays as it is: the model runs in eval mode (BatchNorm on its running
     statistics, as at inference) and only the head's parameters are optimised, with the task's own
