@@ -44,7 +44,13 @@ from handpose_core.checkpoint import update_meta
 from handpose_core.data.synthetic import SynthConfig, SyntheticHands
 from handpose_core.errors import HandPoseError
 from handpose_core.estimator import resolve_checkpoint
-from handpose_core.training.metrics import confidence_figures, plot_curves, pose_metrics, pose_metrics_by_group
+from handpose_core.training.metrics import (
+    confidence_figures,
+    joint_errors,
+    plot_curves,
+    pose_metrics,
+    pose_metrics_by_group,
+)
 from training import (
     ARTICULATION_HALVES,
     ARTICULATION_KEYS,
@@ -96,9 +102,16 @@ def evaluate(checkpoint: str, n_test: int, seed: int = TEST_SEED, device: str = 
     figures["by_articulation"] = {g: {k: f[k] for k in ARTICULATION_KEYS if k in f} for g, f in by_group.items()}
     within_mm = est.checkpoint_meta.get("inference", {}).get("confidence_mm")
     if within_mm is not None:  # a network with a confidence head: how well its confidence foretells the error
-        errors = np.linalg.norm(pred[found] - gt[found], axis=-1)
-        figures["confidence"] = confidence_figures(np.asarray(confidences)[found], errors, float(within_mm))
+        figures["confidence"] = confidence_figures(np.asarray(confidences)[found], joint_errors(pred[found], gt[found]),
+                                                   float(within_mm))
     return figures
+
+
+def confident_half(confidence: dict) -> tuple[str, dict]:
+    """(the coverage key "frames_within_<frame_mm>mm", the coverage row of the more confident half of the
+    frames) of ``figures["confidence"]``."""
+    key = f"frames_within_{confidence['frame_mm']:g}mm"
+    return key, next(r for r in confidence["coverage"] if abs(r["kept"] - 0.5) < 1e-6)
 
 
 def plot_confidence(figures: dict) -> np.ndarray:
@@ -110,7 +123,7 @@ def plot_confidence(figures: dict) -> np.ndarray:
          "perfectly calibrated": ([0, 100], [0.0, 1.0])},
         f"joint confidence: AUROC {c['joint_auroc']:.2f}",
         x_label="published joint confidence (%)", y_label=f"joints within {c['within_mm']:g} mm (%)")
-    key = f"frames_within_{c['frame_mm']:g}mm"
+    key, _ = confident_half(c)
     kept = plot_curves(
         {"kept frames": ([100 * r["kept"] for r in c["coverage"]], [r[key] for r in c["coverage"]])},
         f"least confident frames dropped: AUROC {c['frame_auroc']:.2f}",
@@ -211,11 +224,10 @@ def main(argv: list[str] | None = None) -> int:
                   f"{r['pa_frames_within_40mm']:.1%}")
     if "confidence" in figures:
         c = figures["confidence"]
-        half = next(r for r in c["coverage"] if abs(r["kept"] - 0.5) < 1e-6)
-        within = half[f"frames_within_{c['frame_mm']:g}mm"]
+        key, half = confident_half(c)
         print(f"confidence: joints within {c['within_mm']:g} mm told apart with AUROC {c['joint_auroc']:.3f}; "
               f"frames by their least confident joint, AUROC {c['frame_auroc']:.3f}; the most confident half "
-              f"of the frames: worst joint within {c['frame_mm']:g} mm {within:.1%}, "
+              f"of the frames: worst joint within {c['frame_mm']:g} mm {half[key]:.1%}, "
               f"mean error {half['mean_error_mm']:.2f} mm")
     for mode, r in figures.get("tracking", {}).items():
         if isinstance(r, dict):
@@ -241,8 +253,7 @@ def headline(figures: dict, command: str) -> dict:
                               if g in ARTICULATION_HALVES and "mean_error_mm" in r}
     if "confidence" in figures:
         c = figures["confidence"]
-        key = f"frames_within_{c['frame_mm']:g}mm"
-        half = next(r for r in c["coverage"] if abs(r["kept"] - 0.5) < 1e-6)
+        key, half = confident_half(c)
         out["confidence"] = {"within_mm": c["within_mm"], "joint_auroc": round(c["joint_auroc"], 4),
                              "frame_auroc": round(c["frame_auroc"], 4),
                              f"most_confident_half_{key}": round(half[key], 4)}
