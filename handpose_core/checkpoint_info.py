@@ -31,7 +31,10 @@ def describe(blob: dict[str, Any]) -> list[str]:
     model = blob["model"]
     n_weights = sum(int(t.numel()) for t in blob["state_dict"].values() if t.is_floating_point())
     names = meta.get("joint_names", [])
-    lines = [f"model      {model['name']} ({n_weights / 1e6:.2f} M weights), {meta.get('modality', '?')} input, "
+    config = model.get("config", {})
+    side = config.get("dense_size", 16)
+    head = f", dense head {side}x{side}" if config.get("head") == "dense" else ""
+    lines = [f"model      {model['name']} ({n_weights / 1e6:.2f} M weights{head}), {meta.get('modality', '?')} input, "
              f"{len(names)} joints ({', '.join(names[:3])}{', ...' if len(names) > 3 else ''})"]
     if "input" in meta:  # RGB models: the network's crop
         spec = meta["input"]

@@ -12,6 +12,14 @@ Layout::
     head:      FC layers -> linear bottleneck of k units (k = 30-40)  (forward_head ...)
                -> PCA layer: mean + basis @ b, (J*3) -> (N, J, 3)     (... returns joints)
 
+With ``head="dense"`` (the default recipe's) a second head places the joints: a small feature
+pyramid over the residual stages decodes a 16x16 map whose cells vote for every joint, A2J-style
+(:class:`DenseHead`). The joints ``forward`` returns are then the dense head's; the PCA head still
+trains beside it (its loss is part of the task's), and the confidence head reads the PCA head's FC
+output. The dense head places each joint from the cells near it rather than from one whole-crop
+feature vector, which helps most on hands whose fingers take unrelated poses (24-min runs: see
+:func:`handpose_core.training.deep_prior_task.recipe`).
+
 The confidence head (optional) is a small MLP on the FC head's output, trained to tell, joint by
 joint, whether the network's own prediction lies within a distance of the truth (a binary
 cross-entropy on the prediction's error, :func:`handpose_core.training.deep_prior_task.confidence_loss`).
@@ -42,6 +50,7 @@ Registered variants:
 
 from __future__ import annotations
 
+import itertools
 import math
 from collections.abc import Sequence
 from typing import Any
@@ -186,11 +195,88 @@ def _res_features(input_size: int, stem_channels: int, channels: Sequence[int], 
     return nn.Sequential(*layers), cin, size
 
 
+def _conv_bn_relu(cin: int, cout: int, kernel: int) -> nn.Sequential:
+    return nn.Sequential(nn.Conv2d(cin, cout, kernel, 1, kernel // 2, bias=False), nn.BatchNorm2d(cout),
+                         nn.ReLU(inplace=True))
+
+
+class DenseHead(nn.Module):
+    """Anchor voting on a dense map, after A2J (Xiong et al. 2019): every cell of an S x S grid over
+    the crop predicts, for each joint, a weight, an in-plane offset from its own centre and a depth;
+    a joint is the softmax(weight)-weighted mean of its cells' votes.
+
+    Each joint is placed by the cells near it rather than read off a whole-crop feature vector, so a
+    fingertip the camera sees is found where it lies whatever the other fingers do (the holistic FC
+    head must learn every combination of finger poses).
+
+    Decoder: a small feature pyramid over the residual backbone's stage maps (32x32, 16x16, 8x8 and
+    4x4 for a 128 px crop, stages 1-4): the 4x4 map is upsampled into the 8x8 one, that (``size`` 16
+    or 32) into the 16x16 one, and so on down to the ``size`` asked for. Each level adds a 1x1
+    projection of its stage map to the upsampled coarser level and smooths the sum with a 3x3 conv;
+    level widths are ``2 * width`` at 8x8, halving with each finer level.
+    """
+
+    SIZES = (8, 16, 32)
+
+    def __init__(self, channels: Sequence[int], num_joints: int, size: int, width: int, input_size: int) -> None:
+        super().__init__()
+        if size not in self.SIZES:
+            raise HandPoseError(f"dense_size must be one of {self.SIZES}, not {size}")
+        self.num_joints, self.size = num_joints, size
+        # the finest stage it reads: 3 for 8x8, 2 for 16x16, 1 for 32x32 (stage 1 is input / 4)
+        self.finest = 4 - self.SIZES.index(size) - 1
+        stage_size = math.ceil(input_size / 2 ** (self.finest + 1))
+        if stage_size != size:
+            raise HandPoseError(f"dense_size {size} needs a 128 px crop (input_size {input_size} gives {stage_size})")
+        level_width = {3: 2 * width, 2: width, 1: max(width // 2, 1)}
+        self.lat4 = nn.Conv2d(channels[3], level_width[3], 1)
+        for i in range(3, self.finest - 1, -1):  # names as lat3/smooth3, reduce3/lat2/smooth2, ...
+            if i < 3:
+                setattr(self, f"reduce{i + 1}", nn.Conv2d(level_width[i + 1], level_width[i], 1))
+            setattr(self, f"lat{i}", nn.Conv2d(channels[i - 1], level_width[i], 1))
+            setattr(self, f"smooth{i}", _conv_bn_relu(level_width[i], level_width[i], 3))
+        self.out_channels = level_width[self.finest]
+        self.vote = nn.Conv2d(self.out_channels, 4 * num_joints, 1)
+        centres = (torch.arange(size, dtype=torch.float32) + 0.5) / size * 2 - 1
+        v, u = torch.meshgrid(centres, centres, indexing="ij")
+        self.register_buffer("anchors", torch.stack([u, v], -1).reshape(1, 1, size * size, 2), persistent=False)
+
+    def decode(self, stage_maps: Sequence[torch.Tensor]) -> torch.Tensor:
+        """The four stage maps, finest first ((N, C1, 4S', 4S') ... (N, C4, S'/2, S'/2)) -> (N, C, S, S)."""
+        up = nn.functional.interpolate
+        level = self.lat4(stage_maps[3])
+        for i in range(3, self.finest - 1, -1):
+            coarser = level if i == 3 else getattr(self, f"reduce{i + 1}")(level)
+            lateral = getattr(self, f"lat{i}")(stage_maps[i - 1])
+            level = getattr(self, f"smooth{i}")(lateral + up(coarser, size=lateral.shape[-2:], mode="nearest"))
+        return level
+
+    def _votes(self, fmap: torch.Tensor) -> torch.Tensor:
+        """(N, C, S, S) -> (N, 4, J, S*S): each cell's weight logit, u and v offsets and depth per joint."""
+        return self.vote(fmap).reshape(fmap.shape[0], 4, self.num_joints, self.size * self.size)
+
+    def weights(self, fmap: torch.Tensor) -> torch.Tensor:
+        """(N, C, S, S) decoded features -> (N, J, S, S) each joint's vote weights (sum 1 per joint)."""
+        return torch.softmax(self._votes(fmap)[:, 0], dim=-1).reshape(-1, self.num_joints, self.size, self.size)
+
+    def forward(self, fmap: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """(N, C, S, S) decoded features -> ((N, J, 3) normalized uvd, (N, J, 2) the weighted anchor
+        centres alone, which A2J's "anchor surrounding" loss pulls onto the joint's uv)."""
+        out = self._votes(fmap)
+        weight = torch.softmax(out[:, 0], dim=-1)  # (N, J, A)
+        offset = out[:, 1:3].permute(0, 2, 3, 1)  # (N, J, A, 2)
+        surround = (weight[..., None] * self.anchors).sum(2)
+        uv = surround + (weight[..., None] * offset).sum(2)
+        d = (weight * out[:, 3]).sum(-1, keepdim=True)
+        return torch.cat([uv, d], dim=-1), surround
+
+
 # -- model --------------------------------------------------------------------------------------
 
 
 class DeepPrior(nn.Module):
-    """Depth crop -> (N, J, 3) normalized uvd through a k-dimensional PCA pose prior.
+    """Depth crop -> (N, J, 3) normalized uvd through a k-dimensional PCA pose prior, or (``head``
+    "dense") by the dense head's voting, the PCA head beside it.
 
     backbone:      'seed' (the notebook's 3-conv net) or 'res' (DeepPrior++-style residual net).
     num_joints:    J (21 for the synthetic HAND21 layout, 14 for NYU).
@@ -205,6 +291,11 @@ class DeepPrior(nn.Module):
                    'avg' global-average-pools it.
     stem_pool_first: the stem is conv -> max-pool -> BN -> ReLU (else conv -> BN -> ReLU -> max-pool).
     confidence:    add the confidence head (module doc); ``forward`` then returns (N, J, 4).
+    head:          'pca' (the joints are the PCA layer's) or 'dense' (:class:`DenseHead`'s; the PCA
+                   head is still built and trained, and feeds the confidence head).
+    dense_size, dense_channels: the dense head's grid side (8, 16 or 32 cells over the crop; the
+                   backbone stage it reads) and its width (``2 * dense_channels`` at 8x8, halving
+                   with each finer level).
     """
 
     def __init__(
@@ -227,6 +318,9 @@ class DeepPrior(nn.Module):
         stem_pool_first: bool = False,
         pool: str = "flatten",
         confidence: bool = False,
+        head: str = "pca",
+        dense_size: int = 16,
+        dense_channels: int = 32,
     ) -> None:
         super().__init__()
         self.backbone = backbone
@@ -245,14 +339,24 @@ class DeepPrior(nn.Module):
                 raise HandPoseError(f"unknown pool {pool!r} (flatten, avg)")
         else:
             raise HandPoseError(f"unknown DeepPrior backbone {backbone!r} (seed, res)")
-        head: list[nn.Module] = []
+        self.head = head
+        if head == "dense":
+            if backbone != "res" or len(channels) != 4:
+                raise HandPoseError("the dense head needs the residual backbone with four stages")
+            self.dense = DenseHead(channels, num_joints, dense_size, dense_channels, input_size)
+            # indices in self.features of each stage's last block: the stage maps the decoder reads
+            block_at = [i for i, m in enumerate(self.features) if isinstance(m, BasicBlock)]
+            self._stage_ends = {block_at[n - 1] for n in itertools.accumulate(blocks)}
+        elif head != "pca":
+            raise HandPoseError(f"unknown DeepPrior head {head!r} (pca, dense)")
+        fc_layers: list[nn.Module] = []
         cin = feat_dim
         for width in fc:
-            head += [nn.Linear(cin, width), nn.ReLU(inplace=True)]
+            fc_layers += [nn.Linear(cin, width), nn.ReLU(inplace=True)]
             if dropout > 0:
-                head.append(nn.Dropout(dropout))
+                fc_layers.append(nn.Dropout(dropout))
             cin = width
-        self.fc = nn.Sequential(*head)
+        self.fc = nn.Sequential(*fc_layers)
         self.bottleneck = nn.Linear(cin, bottleneck)
         self.pca = PCALayer(bottleneck, num_joints, trainable=finetune_pca)
         # per-joint logits of "within the distance"; None without the head
@@ -287,13 +391,47 @@ class DeepPrior(nn.Module):
             if isinstance(m, nn.Linear):
                 nn.init.kaiming_uniform_(m.weight, nonlinearity="relu")
                 nn.init.zeros_(m.bias)
+        if self.head == "dense":
+            # start with even weights over the cells and votes at their centres
+            nn.init.normal_(self.dense.vote.weight, 0.0, 1e-3)
+            nn.init.zeros_(self.dense.vote.bias)
         # start at the mean pose: small bottleneck outputs
         nn.init.normal_(self.bottleneck.weight, 0.0, 1e-3)
         nn.init.zeros_(self.bottleneck.bias)
 
     def forward_features(self, x: torch.Tensor) -> torch.Tensor:
-        """(N, 1, S, S) crop -> (N, F) features."""
-        return self.features(x)
+        """(N, 1, S, S) crop -> (N, F) features. With the dense head: the flattened 4x4 map the FC head
+        reads, then the flattened decoded map the dense head votes from."""
+        if self.head != "dense":
+            return self.features(x)
+        stage_maps = []
+        for i, layer in enumerate(self.features[:-1]):  # all but the Flatten
+            x = layer(x)
+            if i in self._stage_ends:
+                stage_maps.append(x)
+        return torch.cat([stage_maps[3].flatten(1), self.dense.decode(stage_maps).flatten(1)], dim=1)
+
+    def dense_map(self, features: torch.Tensor) -> torch.Tensor:
+        """(N, F) features of a dense-head model -> (N, C, S, S) the decoded map its head votes from."""
+        return self._split(features)[1]
+
+    def _split(self, features: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """(N, F) features -> (what the FC head reads, the dense head's map or None without one)."""
+        if self.head != "dense":
+            return features, None
+        n_dense = self.dense.out_channels * self.dense.size ** 2
+        fmap = features[:, -n_dense:].reshape(-1, self.dense.out_channels, self.dense.size, self.dense.size)
+        return features[:, :-n_dense], fmap
+
+    def forward_dense(self, features: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor,
+                                                             torch.Tensor | None]:
+        """Dense head only: (N, F) features -> (dense joints (N, J, 3), anchor centres (N, J, 2),
+        the PCA head's joints (N, J, 3), confidence logits or None)."""
+        flat, fmap = self._split(features)
+        hidden = self.fc(flat)
+        global_joints = self.pca(self.bottleneck(hidden))
+        joints, surround = self.dense(fmap)
+        return joints, surround, global_joints, None if self.confidence is None else self.confidence(hidden.detach())
 
     def forward_embedding(self, features: torch.Tensor) -> torch.Tensor:
         """(N, F) features -> (N, k) bottleneck (PCA coefficients)."""
@@ -303,6 +441,9 @@ class DeepPrior(nn.Module):
         """(N, F) features -> ((N, J, 3) normalized uvd, (N, J) confidence logits or None without the head).
 
         The head reads the FC output detached: its loss never reaches the pose network."""
+        if self.head == "dense":
+            joints, _, _, logits = self.forward_dense(features)
+            return joints, logits
         hidden = self.fc(features)
         joints = self.pca(self.bottleneck(hidden))
         return joints, None if self.confidence is None else self.confidence(hidden.detach())

@@ -342,7 +342,7 @@ class DepthPipeline(Handedness):
             self.reset()
         half_px = (self.codec.size - 1) / 2.0
         crop_uv = (uvd[:, :2] * (self.codec.size / 2.0) + half_px).astype(np.float32)
-        extras = {"crop": crop.image, "crop_uv": crop_uv, "uvd_norm": uvd,
+        extras = {"crop": crop.image, "crop_uv": crop_uv, "uvd_norm": uvd, "warp": crop.warp,
                   "com_xyz_m": (crop.com_xyz_mm / 1000.0).astype(np.float32), "box_source": source,
                   "handedness": self._hand}
         confidence = inside if learned is None else (inside * learned).astype(np.float32)
@@ -542,16 +542,19 @@ def save_untrained(
     path: str | os.PathLike,
     variant: str = "deep_prior_res",
     joint_names: KeypointLayout | tuple[str, ...] | list[str] = HAND21,
+    model_config: dict[str, Any] | None = None,
 ) -> Path:
     """Write a small valid *untrained* DeepPrior checkpoint (for tests of the node and tools).
 
     The PCA layer is the identity basis around :func:`template_pose`, so the untrained output is
-    about that template. Returns the path.
+    about that template (for ``head="pca"``). ``model_config`` adds network settings (e.g.
+    ``{"head": "dense"}``). Returns the path.
     """
     names = joint_names.joint_names if isinstance(joint_names, KeypointLayout) else tuple(joint_names)
     layout = layout_for(names)
     codec = DepthCropCodec()
-    config = {"num_joints": len(names), "bottleneck": min(30, 3 * len(names)), "input_size": codec.size}
+    config = {"num_joints": len(names), "bottleneck": min(30, 3 * len(names)), "input_size": codec.size,
+              **(model_config or {})}
     torch.manual_seed(0)
     model = create_model(variant, **config)
     with torch.no_grad():
