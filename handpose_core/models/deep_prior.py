@@ -239,7 +239,8 @@ class DenseHead(nn.Module):
         self.vote = nn.Conv2d(self.out_channels, 4 * num_joints, 1)
         centres = (torch.arange(size, dtype=torch.float32) + 0.5) / size * 2 - 1
         v, u = torch.meshgrid(centres, centres, indexing="ij")
-        self.register_buffer("anchors", torch.stack([u, v], -1).reshape(1, 1, size * size, 2), persistent=False)
+        # (A, 2) the cells' centres in normalized crop uv, row by row
+        self.register_buffer("anchors", torch.stack([u, v], -1).reshape(size * size, 2), persistent=False)
 
     def decode(self, stage_maps: Sequence[torch.Tensor]) -> torch.Tensor:
         """The four stage maps, finest first ((N, C1, 4S', 4S') ... (N, C4, S'/2, S'/2)) -> (N, C, S, S)."""
@@ -264,11 +265,10 @@ class DenseHead(nn.Module):
         centres alone, which A2J's "anchor surrounding" loss pulls onto the joint's uv)."""
         out = self._votes(fmap)
         weight = torch.softmax(out[:, 0], dim=-1)  # (N, J, A)
-        offset = out[:, 1:3].permute(0, 2, 3, 1)  # (N, J, A, 2)
-        surround = (weight[..., None] * self.anchors).sum(2)
-        uv = surround + (weight[..., None] * offset).sum(2)
-        d = (weight * out[:, 3]).sum(-1, keepdim=True)
-        return torch.cat([uv, d], dim=-1), surround
+        surround = weight @ self.anchors  # (N, J, 2)
+        # the weighted u, v offsets and depth in one pass over the votes: (N, 3, J)
+        votes = (weight[:, None] * out[:, 1:]).sum(-1)
+        return torch.cat([surround + votes[:, :2].transpose(1, 2), votes[:, 2, :, None]], dim=-1), surround
 
 
 # -- model --------------------------------------------------------------------------------------
