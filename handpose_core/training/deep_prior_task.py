@@ -196,7 +196,8 @@ def recipe(name: str) -> DeepPriorRecipe:
         # steps: a step costs ~25 % more), 2,000 held-out frames, hand told: 14.14 -> 13.22 mm, within
         # 40 mm 63.3 -> 66.6 %; random fingers 18.35 -> 16.21 mm, 33.0 -> 42.4 %; gesture hands 9.77 -> 10.11 mm,
         # 94.8 -> 91.6 %. The same run's PCA head alone: 14.37 mm, 62.4 %. --seed 1 (16,109 steps):
-        # 13.32 mm, 67.0 %; random fingers 16.38 mm, 43.3 %.
+        # 13.32 mm, 67.0 %; random fingers 16.38 mm, 43.3 %. An 8x8 grid (dense_size 8, 15,677 steps)
+        # gained nothing: 14.14 mm, 63.4 %; a 32x32 one makes a step ~2x dearer (8,620 steps): 16.00 mm, 56.4 %.
         return DeepPriorRecipe(model_config={"dropout": 0.0, "finetune_pca": True, "stem_pool_first": True,
                                              "head": "dense", "dense_size": 16},
                                bottleneck=40, align="auto", p_gt_centre=0.75, hands="right", confidence=True,
