@@ -113,3 +113,6 @@ def test_dense_votes_draws_a_row_per_frame_and_refuses_a_pca_checkpoint(tmp_path
     plain = save_untrained(tmp_path / "pca.pt")
     assert dense_votes.main(["--checkpoint", str(plain), "--out", str(tmp_path / "no.png")]) == 2
     assert "has no dense head" in capsys.readouterr().err and not (tmp_path / "no.png").exists()
+    with pytest.raises(SystemExit) as exc:
+        dense_votes.main(["--checkpoint", str(dense), "--frames", "0"])
+    assert exc.value.code == 2 and "--frames must be at least 1" in capsys.readouterr().err

@@ -34,12 +34,12 @@ from handpose_core.errors import HandPoseError
 from handpose_core.estimator import resolve_checkpoint
 from handpose_core.keypoints import HAND21
 from handpose_core.models import create_model
-from handpose_core.pipelines.depth import draw_crop
+from handpose_core.pipelines.depth import FINGER_COLOURS, draw_crop
 from training.evaluate_deep_prior import TEST_SEED
 
 SCALE = 2  # tile = 128 px crop x 2
 TIPS = [HAND21.joint_names.index(n) for n in ("thumb_tip", "index_tip", "middle_tip", "ring_tip", "little_tip")]
-TIP_COLOURS = np.array([(255, 80, 80), (255, 200, 0), (80, 220, 80), (0, 180, 255), (200, 90, 255)], np.float32)
+TIP_COLOURS = np.asarray(FINGER_COLOURS, np.float32)  # each tip in its finger's colour on the skeletons
 
 
 def _label(tile: np.ndarray, text: str) -> None:
@@ -74,6 +74,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--articulation", choices=("random", "any"), default="random",
                    help="random: only hands whose finger angles are all drawn at random; any: every hand")
     args = p.parse_args(argv)
+    if args.frames < 1:
+        p.error("--frames must be at least 1")
     try:
         blob = load_checkpoint(resolve_checkpoint(args.checkpoint))
         model = create_model(blob["model"]["name"], **blob["model"]["config"])
@@ -87,13 +89,14 @@ def main(argv: list[str] | None = None) -> int:
     model.eval()
     codec = DepthCropCodec(**blob["meta"]["codec"])
     gen = SyntheticHands(SynthConfig(render_rgb=False), seed=args.seed)
-    rows, index = [], 0
-    while len(rows) < args.frames:
+    rows = []
+    # about a quarter of the frames are right hands with random fingers; a network that finds no hand
+    # at all still ends
+    for index in range(50 * args.frames):
         params = gen.sample_params(index)
-        index += 1
         if params.is_left or (args.articulation == "random" and params.articulation != "random"):
             continue
-        sample = gen[index - 1]
+        sample = gen[index]
         poses = est.predict(sample.depth_mm, sample.intrinsics)
         if not poses:
             continue
@@ -114,9 +117,14 @@ def main(argv: list[str] | None = None) -> int:
             _label(tile, f"{name}: {err_mm:.1f} mm")
             tiles.append(tile)
         tile = vote_tile(crop, weights)
-        _label(tile, f"fingertip votes (frame {index - 1})")
+        _label(tile, f"fingertip votes (frame {index})")
         tiles.append(tile)
         rows.append(np.concatenate(tiles, axis=1))
+        if len(rows) == args.frames:
+            break
+    if not rows:
+        print(f"error: {args.checkpoint} found no hand in {50 * args.frames} frames", file=sys.stderr)
+        return 2
     write_png(args.out, cv2.cvtColor(np.concatenate(rows, axis=0), cv2.COLOR_RGB2BGR))
     print(f"wrote {args.out}: {len(rows)} frames of seed {args.seed}")
     return 0

@@ -495,6 +495,10 @@ LOW_CONFIDENCE = 0.5
 """Joints below this confidence are drawn red in the debug image (:func:`draw_crop`)."""
 
 
+# RGB of the thumb, index, middle, ring and little finger's bones in draw_crop (HAND21 order)
+FINGER_COLOURS = ((255, 80, 80), (255, 200, 0), (80, 220, 80), (0, 180, 255), (200, 90, 255))
+
+
 def draw_crop(crop: np.ndarray, crop_uv: np.ndarray, layout: KeypointLayout, scale: int = 3,
               confidence: np.ndarray | None = None) -> np.ndarray:
     """(S, S) normalized crop in [-1, 1] and (J, 2) crop pixels -> (S*scale, S*scale, 3) uint8 RGB.
@@ -506,7 +510,7 @@ def draw_crop(crop: np.ndarray, crop_uv: np.ndarray, layout: KeypointLayout, sca
     size = crop.shape[0] * scale
     rgb = cv2.cvtColor(cv2.resize(gray, (size, size), interpolation=cv2.INTER_NEAREST), cv2.COLOR_GRAY2RGB)
     pts = (np.asarray(crop_uv, dtype=np.float64) + 0.5) * scale - 0.5
-    palette = [(255, 80, 80), (255, 200, 0), (80, 220, 80), (0, 180, 255), (200, 90, 255)]
+    palette = FINGER_COLOURS
     for n, (a, b) in enumerate(layout.edges):
         pa, pb = pts[a], pts[b]
         if np.all(np.isfinite(pa)) and np.all(np.isfinite(pb)):
