@@ -429,9 +429,12 @@ class DeepPrior(nn.Module):
         the PCA head's joints (N, J, 3), confidence logits or None)."""
         flat, fmap = self._split(features)
         hidden = self.fc(flat)
-        global_joints = self.pca(self.bottleneck(hidden))
         joints, surround = self.dense(fmap)
-        return joints, surround, global_joints, None if self.confidence is None else self.confidence(hidden.detach())
+        return joints, surround, self.pca(self.bottleneck(hidden)), self._confidence_logits(hidden)
+
+    def _confidence_logits(self, hidden: torch.Tensor) -> torch.Tensor | None:
+        """(N, W) FC output -> (N, J) the confidence head's logits on it detached, or None without the head."""
+        return None if self.confidence is None else self.confidence(hidden.detach())
 
     def forward_embedding(self, features: torch.Tensor) -> torch.Tensor:
         """(N, F) features -> (N, k) bottleneck (PCA coefficients)."""
@@ -441,12 +444,12 @@ class DeepPrior(nn.Module):
         """(N, F) features -> ((N, J, 3) normalized uvd, (N, J) confidence logits or None without the head).
 
         The head reads the FC output detached: its loss never reaches the pose network."""
-        if self.head == "dense":
-            joints, _, _, logits = self.forward_dense(features)
-            return joints, logits
-        hidden = self.fc(features)
-        joints = self.pca(self.bottleneck(hidden))
-        return joints, None if self.confidence is None else self.confidence(hidden.detach())
+        flat, fmap = self._split(features)
+        if fmap is not None:  # the dense head's joints: the PCA head is not run, the FC only for the confidence
+            joints = self.dense(fmap)[0]
+            return joints, None if self.confidence is None else self._confidence_logits(self.fc(flat))
+        hidden = self.fc(flat)
+        return self.pca(self.bottleneck(hidden)), self._confidence_logits(hidden)
 
     def forward_head(self, features: torch.Tensor) -> torch.Tensor:
         """(N, F) features -> (N, J, 3) normalized uvd; with the confidence head (N, J, 4), the fourth
