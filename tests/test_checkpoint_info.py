@@ -17,8 +17,6 @@ def test_packaged_weights_show_their_training_command_and_recorded_figures(capsy
         out = capsys.readouterr().out
         assert f"model      {model} (" in out and "21 joints (wrist, thumb_cmc" in out
         assert "python -m training.train_" in out and f" {figure} " in out and "measured by: python -m training." in out
-        # the packaged DeepPrior's confidence head, fitted after its training, says how
-        assert ("then a confidence head (2,000 steps" in out) == (name == "default:depth")
 
 
 def test_figures_are_rounded_nested_keys_flattened_and_a_missing_record_said(tmp_path, capsys):
@@ -46,6 +44,12 @@ def test_a_resumed_run_lists_the_command_of_each_segment(tmp_path, capsys):
     assert ("trained    300 steps, 10.0 min\n"
             "             steps 0-100 (to 2.0 min): train --steps 100\n"
             "             steps 100-300: train --resume\n") in out
+    # a confidence head fitted afterwards (train_deep_prior --fit-confidence) says how, after the training
+    update_meta(path, confidence={"steps": 2000, "seconds": 342.0, "command": "train --fit-confidence X"})
+    assert main([str(path)]) == 0
+    assert ("             steps 100-300: train --resume\n"
+            "             then a confidence head (2,000 steps, 5.7 min; joints unchanged): train --fit-confidence X\n"
+            ) in capsys.readouterr().out
 
 
 def test_json_prints_the_whole_metadata(tmp_path, capsys):

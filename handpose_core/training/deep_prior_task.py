@@ -171,7 +171,7 @@ def recipe(name: str) -> DeepPriorRecipe:
         # steps and 25.3-25.5 mm in earlier runs of nearly this recipe; 4,412 steps and 24.20 mm with
         # the gather; 5,630 steps and 23.43 mm (within 40 mm 47.2 %) with both. 24 min: 8,593 ->
         # 14,619 steps, 2,000 held-out frames 19.82 -> 18.16 mm.
-        # The packaged weights (2026-12-07) are that 24-min run resumed to a 134-min budget
+        # The packaged weights until the evening of 2026-12-07 were that 24-min run resumed to a 134-min budget
         # (--time-budget-min 134 --steps 70000 --resume; 55,825 steps): 2,000 held-out frames
         # 16.89 -> 14.29 mm, within 40 mm 55.3 -> 64.1 %, tracked sequences 13.93 -> 10.91 mm.
         # hands "right" (left hands' crops mirrored instead of random mirroring; the estimator is told
@@ -198,6 +198,10 @@ def recipe(name: str) -> DeepPriorRecipe:
         # 94.8 -> 91.6 %. The same run's PCA head alone: 14.37 mm, 62.4 %. --seed 1 (16,109 steps):
         # 13.32 mm, 67.0 %; random fingers 16.38 mm, 43.3 %. An 8x8 grid (dense_size 8, 15,677 steps)
         # gained nothing: 14.14 mm, 63.4 %; a 32x32 one makes a step ~2x dearer (8,620 steps): 16.00 mm, 56.4 %.
+        # The packaged weights since the evening of 2026-12-07: this recipe with --hands both (a 2-core Xeon with
+        # AMX, 80-88 ms a step), 24 min (16,499 steps; 15.48 mm, 57.9 %, no hand told) resumed to 70,000 steps
+        # (--time-budget-min 120 --steps 70000 --resume; 99.5 min): 11.99 mm, within 40 mm 70.3 %, tracked
+        # sequences 9.62 mm (the PCA-head 134-min weights before them: 14.29 mm, 64.1 %, 10.94 mm).
         return DeepPriorRecipe(model_config={"dropout": 0.0, "finetune_pca": True, "stem_pool_first": True,
                                              "head": "dense", "dense_size": 16},
                                bottleneck=40, align="auto", p_gt_centre=0.75, hands="right", confidence=True,
