@@ -17,6 +17,8 @@ def test_packaged_weights_show_their_training_command_and_recorded_figures(capsy
         out = capsys.readouterr().out
         assert f"model      {model} (" in out and "21 joints (wrist, thumb_cmc" in out
         assert "python -m training.train_" in out and f" {figure} " in out and "measured by: python -m training." in out
+        # the packaged DeepPrior votes its joints from the dense head (the recipe's default since 2026-12-07)
+        assert ("dense head 16x16" in out) == (name == "default:depth")
 
 
 def test_figures_are_rounded_nested_keys_flattened_and_a_missing_record_said(tmp_path, capsys):
