@@ -202,6 +202,8 @@ def recipe(name: str) -> DeepPriorRecipe:
         # AMX, 80-88 ms a step), 24 min (16,499 steps; 15.48 mm, 57.9 %, no hand told) resumed to 70,000 steps
         # (--time-budget-min 120 --steps 70000 --resume; 99.5 min): 11.99 mm, within 40 mm 70.3 %, tracked
         # sequences 9.62 mm (the PCA-head 134-min weights before them: 14.29 mm, 64.1 %, 10.94 mm).
+        # With the dense head, random_fingers_share 0.75 (24 min on that Xeon, 15,887 steps, hand told): 13.35 mm,
+        # within 40 mm 69.3 % (gestures 11.35 mm, 88.1 %; random fingers 15.28 mm, 51.3 %): the same trade as above.
         return DeepPriorRecipe(model_config={"dropout": 0.0, "finetune_pca": True, "stem_pool_first": True,
                                              "head": "dense", "dense_size": 16},
                                bottleneck=40, align="auto", p_gt_centre=0.75, hands="right", confidence=True,
