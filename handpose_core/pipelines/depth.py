@@ -510,11 +510,10 @@ def draw_crop(crop: np.ndarray, crop_uv: np.ndarray, layout: KeypointLayout, sca
     size = crop.shape[0] * scale
     rgb = cv2.cvtColor(cv2.resize(gray, (size, size), interpolation=cv2.INTER_NEAREST), cv2.COLOR_GRAY2RGB)
     pts = (np.asarray(crop_uv, dtype=np.float64) + 0.5) * scale - 0.5
-    palette = FINGER_COLOURS
     for n, (a, b) in enumerate(layout.edges):
         pa, pb = pts[a], pts[b]
         if np.all(np.isfinite(pa)) and np.all(np.isfinite(pb)):
-            colour = palette[(n // 4) % len(palette)] if layout.num_joints == 21 else palette[n % len(palette)]
+            colour = FINGER_COLOURS[(n // 4 if layout.num_joints == 21 else n) % len(FINGER_COLOURS)]
             cv2.line(rgb, tuple(int(round(c)) for c in pa), tuple(int(round(c)) for c in pb), colour, 2, cv2.LINE_AA)
     low = (np.zeros(len(pts), bool) if confidence is None
            else np.asarray(confidence, np.float32).reshape(-1) < LOW_CONFIDENCE)
