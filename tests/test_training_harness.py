@@ -1,5 +1,6 @@
 """The shared training harness: resume reproduces an uninterrupted run; LR policies are the documented ones."""
 
+import copy
 import json
 
 import numpy as np
@@ -9,7 +10,7 @@ import torch
 from handpose_core.checkpoint import load_checkpoint
 from handpose_core.codecs.depth_crop import DepthCropCodec
 from handpose_core.training.deep_prior_task import DeepPriorTask, recipe
-from handpose_core.training.harness import TrainConfig, train
+from handpose_core.training.harness import TrainConfig, _load_optimizer_state, _make_optimizer, train
 from handpose_core.training.lr import lr_at
 
 
@@ -55,6 +56,33 @@ def test_checkpoint_meta_records_recipe_and_training(tmp_path):
     assert blob["meta"]["training"]["config"]["steps"] == 2
     assert "optimizer" not in blob
     assert "optimizer" in torch.load(tmp_path / "c" / "last.pt", weights_only=True)
+
+
+def test_adam_is_fused_and_takes_the_plain_optimizers_state():
+    """The fused AdamW makes the plain one's updates, and resumes from its state (a last.pt of before)."""
+    torch.manual_seed(0)
+    start = torch.randn(6, 4)
+    grads = [torch.randn(6, 4) for _ in range(4)]
+    cfg = TrainConfig(optimizer="adam", lr=1e-2, weight_decay=1e-2)
+    fused_w, plain_w = torch.nn.Parameter(start.clone()), torch.nn.Parameter(start.clone())
+    fused, plain = _make_optimizer([fused_w], cfg), torch.optim.AdamW([plain_w], lr=1e-2, weight_decay=1e-2)
+    assert fused.defaults["fused"] is True
+    for g in grads[:2]:
+        for w, opt in ((fused_w, fused), (plain_w, plain)):
+            w.grad = g.clone()
+            opt.step()
+    torch.testing.assert_close(fused_w.detach(), plain_w.detach())
+    assert not torch.equal(fused_w.detach(), start)
+    # the plain optimizer's state (as older checkpoints hold it) continues in a fused one
+    resumed_w = torch.nn.Parameter(plain_w.detach().clone())
+    resumed = _make_optimizer([resumed_w], cfg)
+    _load_optimizer_state(resumed, copy.deepcopy(plain.state_dict()))  # a copy, as from a file
+    assert resumed.param_groups[0]["fused"] is True
+    for g in grads[2:]:
+        for w, opt in ((resumed_w, resumed), (plain_w, plain)):
+            w.grad = g.clone()
+            opt.step()
+    torch.testing.assert_close(resumed_w.detach(), plain_w.detach())
 
 
 def test_caffe_inv_policy_matches_the_formula():

@@ -95,10 +95,23 @@ def use_cpu_bf16(wanted: bool) -> bool:
 
 def _make_optimizer(params, cfg: TrainConfig) -> torch.optim.Optimizer:
     if cfg.optimizer == "adam":
-        return torch.optim.AdamW(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
+        # fused: one kernel for the whole update instead of a dozen ops per tensor; the same maths.
+        # A DeepPrior step (64 tensors, 1.8M weights) on the 2-core Xeon: the update 8 -> 4 ms of ~80.
+        params = list(params)
+        fused = all(p.dtype.is_floating_point and p.device.type in ("cpu", "cuda") for p in params)
+        return torch.optim.AdamW(params, lr=cfg.lr, weight_decay=cfg.weight_decay, fused=fused or None)
     if cfg.optimizer == "sgd":
         return torch.optim.SGD(params, lr=cfg.lr, momentum=cfg.momentum, weight_decay=cfg.weight_decay)
     raise ValueError(f"unknown optimizer {cfg.optimizer!r} (adam, sgd)")
+
+
+def _load_optimizer_state(opt: torch.optim.Optimizer, state: dict) -> None:
+    """Load a saved optimizer state, keeping the ``fused`` setting ``opt`` was built with: a saved
+    param group's flag would otherwise replace it (a last.pt from before the fused AdamW would turn
+    it off again, and under CUDA AMP leave the GradScaler expecting a fused step)."""
+    if "fused" in opt.defaults:
+        state = {**state, "param_groups": [{**g, "fused": opt.defaults["fused"]} for g in state["param_groups"]]}
+    opt.load_state_dict(state)
 
 
 def _lr(step: int, cfg: TrainConfig, elapsed_s: float = 0.0) -> float:
@@ -140,7 +153,7 @@ def train(
         blob = load_checkpoint(last_path, map_location=device)
         model.load_state_dict(blob["state_dict"])
         if "optimizer" in blob:
-            opt.load_state_dict(blob["optimizer"])
+            _load_optimizer_state(opt, blob["optimizer"])
         start = int(blob["step"])
         before = blob["meta"].get("training", {})
         elapsed_before = float(before.get("elapsed_s", 0.0))
