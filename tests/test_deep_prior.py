@@ -663,6 +663,12 @@ def test_evaluate_deep_prior_writes_frames_and_tracking_figures(tmp_path):
     assert {g: r["n_frames"] for g, r in by_art.items() if g in ("gestures", "random")} == {
         g: n for g, n in (("gestures", sum(a != "random" for a in arts)), ("random", arts.count("random"))) if n}
     assert set(held_out["by_articulation"]) <= {"gestures", "random"}
+    # seen and hidden joints: the shares of hidden joints are the generator's own
+    visible = np.array([SyntheticHands(seed=TEST_SEED)[i].visible for i in range(3)])
+    vis = figures["visibility"]
+    assert set(vis) == {"all"} | {g for g in ("gestures", "random") if g in by_art}
+    assert vis["all"]["hidden_share"] == pytest.approx((~visible).mean())
+    assert vis["all"]["frames_within_40mm_visible_exact"] >= figures["frames_within_40mm"]
     tracking = figures["tracking"]
     assert tracking["sequences"] == 2 and tracking["frames_per_sequence"] == 4
     # the first frame of each sequence is searched; the untrained model's template hand, off the

@@ -4,7 +4,8 @@ import numpy as np
 import pytest
 from scipy.spatial.transform import Rotation
 
-from handpose_core.training.metrics import pose_metrics, pose_metrics_by_group, procrustes_align
+from handpose_core.keypoints import HAND21
+from handpose_core.training.metrics import pose_metrics, pose_metrics_by_group, procrustes_align, visibility_figures
 
 
 def _hands(n: int = 5, joints: int = 21, seed: int = 0) -> np.ndarray:
@@ -80,3 +81,31 @@ def test_figures_per_group_count_each_groups_own_misses():
     assert by["bad"]["pa_frames_within_40mm"] == pytest.approx(2 / 3)  # the missed frame still fails
     lost = pose_metrics_by_group(pred, gt, np.zeros(6, bool), {"all": np.ones(6, bool)})
     assert lost == {"all": {"n_frames": 6, "detection_rate": 0.0}}
+
+
+def test_visibility_figures_split_seen_and_hidden_misses():
+    names = HAND21.joint_names
+    tip, middle_tip, little_mcp = names.index("index_tip"), names.index("middle_tip"), names.index("little_mcp")
+    # a spread hand: every joint at least 30 mm from the others
+    gt = np.tile((np.arange(21)[:, None] * np.array([30.0, 0.0, 0.0]))[None], (2, 1, 1)) + [0.0, 0.0, 500.0]
+    pred = gt.copy()
+    visible = np.ones((2, 21), bool)
+    pred[0, tip] = gt[0, middle_tip] + [5.0, 0.0, 0.0]  # frame 0: a seen index tip put on the middle tip
+    visible[1, little_mcp] = False
+    pred[1, little_mcp] += [0.0, 0.0, 50.0]  # frame 1: a hidden joint 50 mm off
+    v = visibility_figures(pred, gt, visible, names)
+    miss = np.linalg.norm(pred[0, tip] - gt[0, tip])
+    assert v["visible_mean_mm"] == pytest.approx(miss / 41)
+    assert v["hidden_mean_mm"] == pytest.approx(50.0)
+    assert v["hidden_share"] == pytest.approx(1 / 42)
+    # either kind exact fixes one of the two frames
+    assert v["frames_within_40mm_visible_exact"] == 0.5
+    assert v["frames_within_40mm_hidden_exact"] == 0.5
+    assert v["visible_misses"] == 1
+    assert v["visible_misses_near_other_finger"] == 1.0 and v["visible_misses_near_own_finger"] == 0.0
+    # the same miss landing on its own finger's PIP
+    pred[0, tip] = gt[0, names.index("index_pip")]
+    v = visibility_figures(pred, gt, visible, names)
+    assert v["visible_misses_near_other_finger"] == 0.0 and v["visible_misses_near_own_finger"] == 1.0
+    with pytest.raises(ValueError, match="visible"):
+        visibility_figures(pred, gt, visible[:, :20], names)

@@ -7,8 +7,10 @@ worst joint is within d mm", d = 0..80, detection rate; the same after a per-fra
 alignment, PA-MPJPE, which leaves the articulation's share of the error; ``by_articulation``: the
 same for each prior the generator drew the fingers from: ``gestures``, and ``random`` with every
 angle uniform within its limits, see :func:`training.articulation_groups`) and OUT/eval.png (the
-curves of all frames, aligned, and of the two halves). For a checkpoint with a confidence head
-(``train_deep_prior --fit-confidence``) the JSON also gets ``confidence``
+curves of all frames, aligned, and of the two halves). ``visibility``: for all frames and each half,
+the error of the joints the camera sees and of the hidden ones, and how far the worst-joint figure
+would rise were either kind exact (:func:`handpose_core.training.metrics.visibility_figures`). For a
+checkpoint with a confidence head (``train_deep_prior --fit-confidence``) the JSON also gets ``confidence``
 (:func:`handpose_core.training.metrics.confidence_figures`: how well the published per-joint
 confidence foretells each joint's error, and the frames kept when the least confident are dropped),
 drawn in OUT/NAME_confidence.png.
@@ -50,6 +52,7 @@ from handpose_core.training.metrics import (
     plot_curves,
     pose_metrics,
     pose_metrics_by_group,
+    visibility_figures,
 )
 from training import (
     ARTICULATION_HALVES,
@@ -70,7 +73,7 @@ def evaluate(checkpoint: str, n_test: int, seed: int = TEST_SEED, device: str = 
     # unrelated frames: no tracking from one to the next
     est = HandPoseEstimator.from_checkpoint(checkpoint, device=device, tracking=False)
     gen = SyntheticHands(SynthConfig(render_rgb=False), seed=seed)
-    preds, gts, found, articulations, confidences = [], [], [], [], []
+    preds, gts, found, articulations, confidences, visible = [], [], [], [], [], []
     t_predict, hands = [], HandTally(handedness)
     for i in tqdm(range(n_test), desc="evaluate", disable=not progress, unit="frame"):
         sample = gen[i]
@@ -80,6 +83,7 @@ def evaluate(checkpoint: str, n_test: int, seed: int = TEST_SEED, device: str = 
         t_predict.append(time.perf_counter() - t0)
         gts.append(sample.xyz_m * 1000.0)
         articulations.append(sample.params.articulation)
+        visible.append(sample.visible)
         found.append(bool(poses))
         hands.add(poses, sample.is_left)
         preds.append(poses[0].xyz_m * 1000.0 if poses else np.full_like(sample.xyz_m, np.nan))
@@ -98,8 +102,14 @@ def evaluate(checkpoint: str, n_test: int, seed: int = TEST_SEED, device: str = 
     figures.update(hands.figures())
     # the generator draws half its hands from gesture priors and half with every finger angle uniform
     # within its limits; the two halves score far apart, so each is reported on its own
-    by_group = pose_metrics_by_group(pred, gt, found, articulation_groups(articulations), est.joint_names)
+    art_groups = articulation_groups(articulations)
+    by_group = pose_metrics_by_group(pred, gt, found, art_groups, est.joint_names)
     figures["by_articulation"] = {g: {k: f[k] for k in ARTICULATION_KEYS if k in f} for g, f in by_group.items()}
+    # what the camera sees against what it does not: is a miss a hidden joint guessed wrong, or a seen one?
+    visible = np.asarray(visible)
+    groups = {"all": np.ones(len(found), bool), **{g: art_groups[g] for g in ARTICULATION_HALVES}}
+    figures["visibility"] = {g: visibility_figures(pred[m & found], gt[m & found], visible[m & found], est.joint_names)
+                             for g, m in groups.items() if (m & found).any()}
     within_mm = est.checkpoint_meta.get("inference", {}).get("confidence_mm")
     if within_mm is not None:  # a network with a confidence head: how well its confidence foretells the error
         figures["confidence"] = confidence_figures(np.asarray(confidences)[found], joint_errors(pred[found], gt[found]),
@@ -222,6 +232,11 @@ def main(argv: list[str] | None = None) -> int:
             print(f"  {group} ({r['n_frames']} frames): mean error {r['mean_error_mm']:.2f} mm, worst joint within "
                   f"40 mm {r['frames_within_40mm']:.1%}; Procrustes-aligned {r['pa_mean_error_mm']:.2f} mm, "
                   f"{r['pa_frames_within_40mm']:.1%}")
+    for group, v in figures.get("visibility", {}).items():
+        print(f"  {group}, seen / hidden joints ({v['hidden_share']:.0%} hidden): {v['visible_mean_mm']:.2f} / "
+              f"{v['hidden_mean_mm']:.2f} mm; worst joint within 40 mm were the seen ones exact "
+              f"{v['frames_within_40mm_visible_exact']:.1%}, were the hidden ones "
+              f"{v['frames_within_40mm_hidden_exact']:.1%}")
     if "confidence" in figures:
         c = figures["confidence"]
         key, half = confident_half(c)

@@ -219,3 +219,54 @@ def plot_curves(curves: dict[str, tuple[Sequence[float], Sequence[float]]], titl
         cv2.line(img, (left + pw - 250, ly - 5), (left + pw - 220, ly - 5), colour, 2)
         cv2.putText(img, label, (left + pw - 212, ly), font, 0.45, black, 1, cv2.LINE_AA)
     return img
+
+
+
+def visibility_figures(pred_mm: np.ndarray, gt_mm: np.ndarray, visible: np.ndarray,
+                       joint_names: Sequence[str] | None = None, frame_mm: float = 40.0, near_mm: float = 20.0) -> dict:
+    """The error split by what the camera sees (synthetic frames, where the generator knows it).
+
+    pred_mm, gt_mm: (F, J, 3) joints, mm, one frame; visible: (F, J) bool, the joint's own surface is
+    what the camera sees at its pixel (``SyntheticSample.visible``). Returns:
+
+    - ``visible_mean_mm``, ``hidden_mean_mm``, ``hidden_share``: the mean error of each kind of joint
+      and the share of joints the camera does not see;
+    - ``frames_within_{frame_mm}mm_visible_exact``: the share of frames whose worst joint would be
+      within ``frame_mm`` were every visible joint exact (the hidden ones as predicted), and
+      ``..._hidden_exact`` the other way round. Where neither reaches a target, both kinds of joint
+      must get better to reach it;
+    - ``visible_misses``: visible joints more than ``frame_mm`` off, and ``visible_misses_near_other``
+      / ``..._near_own_finger``: the share of them predicted within ``near_mm`` of another joint
+      of another finger / of their own finger (a finger taken for its neighbour; a finger read as
+      straight when curled or the other way). A joint's finger is its name up to the first "_"
+      (``index_tip`` -> ``index``); without ``joint_names`` every joint is a finger of its own.
+    """
+    pred = np.asarray(pred_mm, np.float64)
+    gt = np.asarray(gt_mm, np.float64)
+    vis = np.asarray(visible, bool)
+    err = joint_errors(pred, gt)
+    if vis.shape != err.shape:
+        raise ValueError(f"visible must be (F, J) like the joints, got {vis.shape} for {err.shape}")
+    key = f"frames_within_{frame_mm:g}mm"
+    out = {
+        "visible_mean_mm": float(err[vis].mean()) if vis.any() else float("nan"),
+        "hidden_mean_mm": float(err[~vis].mean()) if (~vis).any() else float("nan"),
+        "hidden_share": float((~vis).mean()),
+        f"{key}_visible_exact": float((np.where(vis, 0.0, err).max(axis=1) <= frame_mm).mean()),
+        f"{key}_hidden_exact": float((np.where(vis, err, 0.0).max(axis=1) <= frame_mm).mean()),
+    }
+    miss_f, miss_j = np.nonzero(vis & (err > frame_mm))
+    out["visible_misses"] = int(len(miss_f))
+    if len(miss_f):
+        # the nearest other true joint to each missed prediction, and whether it is on the same finger
+        others = np.linalg.norm(gt[miss_f] - pred[miss_f, miss_j][:, None], axis=-1)  # (M, J)
+        others[np.arange(len(miss_j)), miss_j] = np.inf
+        nearest = others.argmin(axis=1)
+        near = others.min(axis=1) <= near_mm
+        names = list(joint_names) if joint_names is not None else [str(j) for j in range(gt.shape[1])]
+        finger = np.array([name.split("_")[0] for name in names])
+        same = finger[nearest] == finger[miss_j]
+        out["visible_misses_near_other_finger"] = float((near & ~same).mean())
+        out["visible_misses_near_own_finger"] = float((near & same).mean())
+    return out
+
