@@ -204,8 +204,16 @@ def recipe(name: str) -> DeepPriorRecipe:
         # sequences 9.62 mm (the PCA-head 134-min weights before them: 14.29 mm, 64.1 %, 10.94 mm).
         # With the dense head, random_fingers_share 0.75 (24 min on that Xeon, 15,887 steps, hand told): 13.35 mm,
         # within 40 mm 69.3 % (gestures 11.35 mm, 88.1 %; random fingers 15.28 mm, 51.3 %): the same trade as above.
+        # channels (16, 64, 128, 192) for the residual stages (was the class's 16, 32, 64, 128): the 16x16 stage the
+        # dense head votes from and the two after it wider; the stem and the 32x32 stage, the dear ones on a CPU,
+        # as they were. 24-min runs on that Xeon, hand told, 2,000 held-out frames: 13,613 / 12,304 steps (seeds 0 /
+        # 1; a step ~10 % dearer, and the machine slower in the second run): 12.28 / 12.63 mm, within 40 mm 71.0 /
+        # 69.7 % (gestures 9.25 / 9.35 mm, 93.6 / 93.0 %; random fingers 15.21 / 15.79 mm, 49.1 / 47.2 %), against
+        # 13.22 / 13.32 mm, 66.6 / 67.0 % before. Tried beside it: (16, 32, 96, 192) 15,329 steps, 12.84 mm, 68.1 %;
+        # (16, 48, 96, 192) 14,774 steps, 12.30 mm, 69.3 %. A tracked frame 1.40 -> 1.83 ms, a searched one
+        # 5.95 -> 7.92 ms (onnxruntime, one thread, hand told; medians of 180 in one run).
         return DeepPriorRecipe(model_config={"dropout": 0.0, "finetune_pca": True, "stem_pool_first": True,
-                                             "head": "dense", "dense_size": 16},
+                                             "head": "dense", "dense_size": 16, "channels": (16, 64, 128, 192)},
                                bottleneck=40, align="auto", p_gt_centre=0.75, hands="right", confidence=True,
                                train=TrainConfig(steps=30000, batch_size=64, optimizer="adam", lr=1e-3,
                                                  weight_decay=1e-4, lr_policy="cosine", warmup_steps=200,
