@@ -221,13 +221,12 @@ def plot_curves(curves: dict[str, tuple[Sequence[float], Sequence[float]]], titl
     return img
 
 
-
 def visibility_figures(pred_mm: np.ndarray, gt_mm: np.ndarray, visible: np.ndarray,
                        joint_names: Sequence[str] | None = None, frame_mm: float = 40.0, near_mm: float = 20.0) -> dict:
     """The error split by what the camera sees (synthetic frames, where the generator knows it).
 
-    pred_mm, gt_mm: (F, J, 3) joints, mm, one frame; visible: (F, J) bool, the joint's own surface is
-    what the camera sees at its pixel (``SyntheticSample.visible``). Returns:
+    pred_mm, gt_mm: (F, J, 3) joints, mm, a row per frame; visible: (F, J) bool, the joint's own
+    surface is what the camera sees at its pixel (``SyntheticSample.visible``). Returns:
 
     - ``visible_mean_mm``, ``hidden_mean_mm``, ``hidden_share``: the mean error of each kind of joint
       and the share of joints the camera does not see;
@@ -235,11 +234,12 @@ def visibility_figures(pred_mm: np.ndarray, gt_mm: np.ndarray, visible: np.ndarr
       within ``frame_mm`` were every visible joint exact (the hidden ones as predicted), and
       ``..._hidden_exact`` the other way round. Where neither reaches a target, both kinds of joint
       must get better to reach it;
-    - ``visible_misses``: visible joints more than ``frame_mm`` off, and ``visible_misses_near_other``
-      / ``..._near_own_finger``: the share of them predicted within ``near_mm`` of another joint
-      of another finger / of their own finger (a finger taken for its neighbour; a finger read as
-      straight when curled or the other way). A joint's finger is its name up to the first "_"
-      (``index_tip`` -> ``index``); without ``joint_names`` every joint is a finger of its own.
+    - ``visible_misses``: visible joints more than ``frame_mm`` off, and
+      ``visible_misses_near_other_finger`` / ``..._near_own_finger``: the share of them predicted
+      within ``near_mm`` of a joint of another finger / of another joint of their own finger (a
+      finger taken for its neighbour; a finger read as straight when curled or the other way). A
+      joint's finger is its name up to the first "_" (``index_tip`` -> ``index``); without
+      ``joint_names`` every joint is a finger of its own.
     """
     pred = np.asarray(pred_mm, np.float64)
     gt = np.asarray(gt_mm, np.float64)
@@ -249,8 +249,9 @@ def visibility_figures(pred_mm: np.ndarray, gt_mm: np.ndarray, visible: np.ndarr
         raise ValueError(f"visible must be (F, J) like the joints, got {vis.shape} for {err.shape}")
     key = f"frames_within_{frame_mm:g}mm"
     out = {
-        "visible_mean_mm": float(err[vis].mean()) if vis.any() else float("nan"),
-        "hidden_mean_mm": float(err[~vis].mean()) if (~vis).any() else float("nan"),
+        # nanmean: unknown (NaN) true joints are left out, as in the module's other figures
+        "visible_mean_mm": float(np.nanmean(err[vis])) if vis.any() else float("nan"),
+        "hidden_mean_mm": float(np.nanmean(err[~vis])) if (~vis).any() else float("nan"),
         "hidden_share": float((~vis).mean()),
         f"{key}_visible_exact": float((np.where(vis, 0.0, err).max(axis=1) <= frame_mm).mean()),
         f"{key}_hidden_exact": float((np.where(vis, err, 0.0).max(axis=1) <= frame_mm).mean()),
@@ -269,4 +270,3 @@ def visibility_figures(pred_mm: np.ndarray, gt_mm: np.ndarray, visible: np.ndarr
         out["visible_misses_near_other_finger"] = float((near & ~same).mean())
         out["visible_misses_near_own_finger"] = float((near & same).mean())
     return out
-
