@@ -207,7 +207,7 @@ def recipe(name: str) -> DeepPriorRecipe:
         # channels (16, 64, 128, 192) for the residual stages (was the class's 16, 32, 64, 128): the 16x16 stage the
         # dense head votes from and the two after it wider; the stem and the 32x32 stage, the dear ones on a CPU,
         # as they were. 24-min runs on that Xeon, hand told, 2,000 held-out frames: 13,613 / 12,304 steps (seeds 0 /
-        # 1; a step ~10 % dearer, and the machine slower in the second run): 12.28 / 12.63 mm, within 40 mm 71.0 /
+        # 1; a step ~1/5 dearer, and the machine slower in the second run): 12.28 / 12.63 mm, within 40 mm 71.0 /
         # 69.7 % (gestures 9.25 / 9.35 mm, 93.6 / 93.0 %; random fingers 15.21 / 15.79 mm, 49.1 / 47.2 %), against
         # 13.22 / 13.32 mm, 66.6 / 67.0 % before. Tried beside it: (16, 32, 96, 192) 15,329 steps, 12.84 mm, 68.1 %;
         # (16, 48, 96, 192) 14,774 steps, 12.30 mm, 69.3 %. A tracked frame 1.40 -> 1.83 ms, a searched one
