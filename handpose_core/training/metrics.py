@@ -253,8 +253,8 @@ def visibility_figures(pred_mm: np.ndarray, gt_mm: np.ndarray, visible: np.ndarr
         "visible_mean_mm": float(np.nanmean(err[vis])) if vis.any() else float("nan"),
         "hidden_mean_mm": float(np.nanmean(err[~vis])) if (~vis).any() else float("nan"),
         "hidden_share": float((~vis).mean()),
-        f"{key}_visible_exact": float((np.where(vis, 0.0, err).max(axis=1) <= frame_mm).mean()),
-        f"{key}_hidden_exact": float((np.where(vis, err, 0.0).max(axis=1) <= frame_mm).mean()),
+        f"{key}_visible_exact": float(fraction_within(np.where(vis, 0.0, err), (frame_mm,))[0]),
+        f"{key}_hidden_exact": float(fraction_within(np.where(vis, err, 0.0), (frame_mm,))[0]),
     }
     miss_f, miss_j = np.nonzero(vis & (err > frame_mm))
     out["visible_misses"] = int(len(miss_f))
