@@ -97,8 +97,6 @@ class DepthCropCodec:
     small_hand_area_mm2: float = 5000.0  # below this, a blob cut by the image border is held back
     border_px: int = 16  # "cut by the border": the seed reaches this close to the image edge
     max_hand_area_mm2: float = 30000.0  # open hand + forearm ~ 15000-25000; a torso is larger
-    # the last candidate: the part of the first candidate's object this far (mm, from .. to) from its centre
-    far_end_mm: tuple[float, float] = (150.0, 400.0)
     refine_iters: int = 4  # mean-shift iterations at most
     refine_stride: int = 2  # mean shift on every 2nd pixel
 
@@ -174,8 +172,8 @@ class DepthCropCodec:
         """Layered search of :meth:`locate`: yields seeds ((rows, cols) of a blob in ``small``, z limit mm),
         best first: the nearest isolated hand-sized slab; then those held back for the image border
         and the others, one per object, down to ``search_depth_mm`` behind the nearest pixel; the
-        fallback blob only where none qualified. Lazy: the
-        first seed costs what it did alone.
+        fallback blob only where none qualified; then every hand-sized blob not yet taken, qualified or
+        not, nearest first. Lazy: the first seed costs what it did alone.
 
         The z limit is the depth behind which the blob's surroundings start (the isolation cut of an
         accepted slab): the mean shift ignores farther points, such as a wall just behind the hand.
@@ -269,7 +267,6 @@ class DepthCropCodec:
         for pixels, found in held + later:
             if not out[pixels].any():
                 out[pixels] = True
-                first = pixels if first is None else first  # a held-back slab came first
                 yield found
         if not out.any():
             # No isolated hand-sized blob: the nearest blob of hand size, preferring one that does not
@@ -290,9 +287,9 @@ class DepthCropCodec:
                     break
             if fallback is None:
                 return
-            first = np.flatnonzero(fallback[0] == fallback[1])
-            out[first] = True
-            yield np.divmod(first, small.shape[1]), np.inf
+            pixels = np.flatnonzero(fallback[0] == fallback[1])
+            out[pixels] = True
+            yield np.divmod(pixels, small.shape[1]), np.inf
         # Then the hand-sized blobs not yet taken, nearest first, one per object: a hand that touches a
         # surface or the image's bottom edge, or is not isolated from its forearm, where a ball or a
         # patch of a wall came first (only a caller that judges the candidates asks for these).
@@ -305,20 +302,6 @@ class DepthCropCodec:
                 if not out[pixels].any():
                     out[pixels] = True
                     yield np.divmod(pixels, small.shape[1]), near_mm + i * step + self.hand_slab_mm
-        # Last, the far end of the first candidate's object: a forearm reaching towards the camera is
-        # nearest at its elbow end, with the hand up to a forearm's length (~250 mm) behind it
-        z_first = float(np.median(flat_depth[first]))
-        labels_j, inside_j = layer(int(np.ceil((z_first + self.far_end_mm[1] - near_mm) / step)))[:2]
-        obj = labels_j[first][inside_j[first]]
-        if obj.size:
-            pixels = np.flatnonzero(labels_j == np.bincount(obj).argmax())
-            rows, cols = np.divmod(pixels, small.shape[1])
-            z = flat_depth[pixels].astype(np.float64)
-            xyz = np.stack([(cols * s - intr.cx) * z / intr.fx, (rows * s - intr.cy) * z / intr.fy, z], axis=1)
-            dist = np.linalg.norm(xyz - xyz[np.isin(pixels, first)].mean(axis=0), axis=1)
-            far = (dist >= self.far_end_mm[0]) & (dist <= self.far_end_mm[1])
-            if np.count_nonzero(far) >= min_px and np.mean(out[pixels[far]]) < 0.5:
-                yield (rows[far], cols[far]), np.inf
 
     @staticmethod
     def _edges_touched(rows: np.ndarray, cols: np.ndarray, shape: tuple[int, int], band: int) -> int:
