@@ -111,6 +111,10 @@ class DeepPriorRecipe:
     # trains on crops within ~15 deg of hand-up: align_jitter_deg). Searched frames only. Those 500
     # are the first of the 2,000 held-out frames (18.16 -> 17.83 mm); on 2,000 frames of seed 7000,
     # not used to pick the angle: 17.31 -> 17.06 mm, within 40 mm 55.4 -> 56.2 %.
+    # Also tried (2026-12-08, a 24-min right-hand network, 2,000 frames, hand told): crops with the centre moved by
+    # +-8 or +-12 mm along x and y averaged in as well, 13.03 -> 12.91 / 12.89 mm, within 40 mm 68.5 -> 68.9 / 69.2 %,
+    # at 3.7-4.4 ms more a searched frame (10.6 -> 14.3-15.0 ms); +-7.5 deg added to the +-15: 12.99 mm; a fourth pass:
+    # 13.11 mm. Not taken.
     rotation_average: tuple[float, ...] = (-15.0, 15.0)
     # a searched frame whose first hand-search candidate fits its crop badly runs up to this many of
     # the search's candidates through every pass and keeps a later one only where it fits far better
@@ -212,6 +216,12 @@ def recipe(name: str) -> DeepPriorRecipe:
         # 13.22 / 13.32 mm, 66.6 / 67.0 % before. Tried beside it: (16, 32, 96, 192) 15,329 steps, 12.84 mm, 68.1 %;
         # (16, 48, 96, 192) 14,774 steps, 12.30 mm, 69.3 %. A tracked frame 1.40 -> 1.83 ms, a searched one
         # 5.95 -> 7.92 ms (onnxruntime, one thread, hand told; medians of 180 in one run).
+        # Tried on a slower day of that Xeon (2026-12-08; a batch-64 step 95-105 ms where it was 82) and not taken:
+        # a "patch" stem (one 8x8 stride-4 conv in place of the 5x5 stride-2 conv and its max-pool; a step ~6 %
+        # cheaper): 24 min, 11,852 steps, 13.03 mm, within 40 mm 68.5 %, against this recipe's 13.02 mm, 67.9 % in
+        # 27 min (11,524 steps; both before the hand search's later candidates), and its first-pass validation error
+        # at step 3,000 was 54.0 mm against 33.8 mm. The dense head's 1x1 vote conv as an einsum over cells-first
+        # votes: a step 2-3 ms cheaper, but the head 0.5 -> 1.25 ms in onnxruntime (6 crops, one thread).
         return DeepPriorRecipe(model_config={"dropout": 0.0, "finetune_pca": True, "stem_pool_first": True,
                                              "head": "dense", "dense_size": 16, "channels": (16, 64, 128, 192)},
                                bottleneck=40, align="auto", p_gt_centre=0.75, hands="right", confidence=True,
