@@ -192,7 +192,7 @@ def test_a_hand_held_back_at_the_border_is_still_a_candidate():
     (1693, "a wall nearer than the hand; the hand touches the bottom edge"),
 ])
 def test_a_hand_the_search_does_not_take_first_is_still_a_candidate(index, why):
-    """Held-out frames (seed 1000) that put a 24-minute network 390-870 mm off while the search offered one
+    """Held-out frames (seed 1000) that put a 27-minute network 390-870 mm off while the search offered one
     candidate: the hand is now a later one (a hand-sized blob that did not qualify)."""
     sample = SyntheticHands(SynthConfig(render_rgb=False), seed=1000)[index]
     centroid = sample.xyz_m.mean(axis=0) * 1000
