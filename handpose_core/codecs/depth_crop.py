@@ -204,6 +204,13 @@ class DepthCropCodec:
                              np.bincount(lab_in, weights=px_area[inside], minlength=n))
             return layers[i]
 
+        def blobs(i):
+            """Layer i -> (labels (H*W,), its components of at least ``min_px`` pixels (not the background),
+            px counts, areas mm2)."""
+            labels, _, counts, area = layer(i)
+            big = np.flatnonzero(counts >= min_px)
+            return labels, big[big > 0], counts, area
+
         def parent(i, j):
             """Label map from layer i to the (nested) layer j: component c of i lies in parent[c] of j."""
             labels_i, inside_i, _, _ = layer(i)
@@ -222,9 +229,7 @@ class DepthCropCodec:
         first = None  # pixels of the first qualifying slab, once yielded
         taken = np.zeros(small.size, bool)  # pixels of the first and the later slabs
         for i in range(1, n_birth + 1):
-            labels_i, _, counts, _ = layer(i)
-            born = np.flatnonzero(counts >= min_px)
-            born = born[born > 0]
+            labels_i, born, _, _ = blobs(i)
             if born.size == 0:
                 continue
             cut = np.isin(born, labels_i[border])  # seed already cut by the image border
@@ -273,9 +278,7 @@ class DepthCropCodec:
             # touch the bottom edge.
             fallback = None
             for i in range(1, n_birth + 1):
-                labels, _, counts, _ = layer(i)
-                big = np.flatnonzero(counts >= min_px)
-                big = big[big > 0]
+                labels, big, counts, _ = blobs(i)
                 if big.size == 0:
                     continue
                 if fallback is None:
@@ -294,9 +297,9 @@ class DepthCropCodec:
         # surface or the image's bottom edge, or is not isolated from its forearm, where a ball or a
         # patch of a wall came first (only a caller that judges the candidates asks for these).
         for i in range(1, n_birth + 1):
-            labels_i, _, counts, area_i = layer(i)
-            for c in np.flatnonzero(counts >= min_px):
-                if c == 0 or not self.min_hand_area_mm2 <= area_i[c] <= self.max_hand_area_mm2:
+            labels_i, big, _, area_i = blobs(i)
+            for c in big:
+                if not self.min_hand_area_mm2 <= area_i[c] <= self.max_hand_area_mm2:
                     continue
                 pixels = np.flatnonzero(labels_i == c)
                 if not out[pixels].any():
