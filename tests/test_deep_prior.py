@@ -694,36 +694,35 @@ def test_fit_score_weighs_joints_on_the_surface_the_mirror_gap_and_the_fill():
         2.5 - 1.2 - 1.25)
 
 
-def test_search_candidates_fix_frames_where_the_search_took_a_ball_first():
-    """Held-out frames (seed 1000) where the hand search's first candidate is a ball or a box, the hand
-    being held back at the image border: with the packaged inference.search (4 candidates judged by
-    fit_score) the estimate lies on the hand; judging one candidate, as before, it is 500+ mm off."""
-    gen = SyntheticHands(SynthConfig(render_rgb=False), seed=1000)
+@pytest.fixture(scope="module")
+def judged_and_first():
+    """The packaged depth estimator with its inference.search (4 candidates judged by fit_score), and the
+    same judging one candidate, as before."""
     judged = HandPoseEstimator.from_checkpoint("default:depth", device="cpu", tracking=False)
+    first = HandPoseEstimator.from_checkpoint("default:depth", device="cpu", tracking=False)
+    first._pipeline.search_cfg["candidates"] = 1
+    return judged, first
+
+
+@pytest.mark.parametrize("frames, within_mm, first_off_mm", [
+    # the first candidate a ball or a box, the hand held back at the image border
+    ((27, 546, 1892), 40.0, 500.0),
+    # the search's one candidate used to be a patch of a wall (the hand at the image border, or touching
+    # the bottom edge, did not qualify as an isolated slab): the hand is now a later, unqualified blob
+    ((1345, 1693), 45.0, 300.0),
+])
+def test_search_candidates_fix_frames_where_the_first_is_not_the_hand(judged_and_first, frames, within_mm,
+                                                                       first_off_mm):
+    """Held-out frames (seed 1000) where the hand search's first candidate is not the hand: with the
+    packaged inference.search the estimate lies on the hand; judging one candidate it is far off."""
+    judged, first = judged_and_first
     assert judged._pipeline.search_cfg["candidates"] == 4
-    first = HandPoseEstimator.from_checkpoint("default:depth", device="cpu", tracking=False)
-    first._pipeline.search_cfg["candidates"] = 1
-    for i in (27, 546, 1892):
-        sample = gen[i]
-        err = [float(np.linalg.norm(est.predict(sample.depth_mm, sample.intrinsics)[0].xyz_m - sample.xyz_m,
-                                    axis=1).mean()) * 1000 for est in (judged, first)]
-        assert err[0] < 40.0 and err[1] > 500.0, (i, err)
-
-
-def test_later_search_candidates_fix_frames_where_the_hand_did_not_qualify():
-    """Held-out frames (seed 1000) where the search's one candidate used to be a patch of a wall (the hand
-    at the image border, or touching the bottom edge, did not qualify as an isolated slab): the hand is
-    now a later candidate, and the packaged network's estimate lies on it; its first candidate alone is
-    300+ mm off."""
     gen = SyntheticHands(SynthConfig(render_rgb=False), seed=1000)
-    judged = HandPoseEstimator.from_checkpoint("default:depth", device="cpu", tracking=False)
-    first = HandPoseEstimator.from_checkpoint("default:depth", device="cpu", tracking=False)
-    first._pipeline.search_cfg["candidates"] = 1
-    for i in (1345, 1693):
+    for i in frames:
         sample = gen[i]
         err = [float(np.linalg.norm(est.predict(sample.depth_mm, sample.intrinsics)[0].xyz_m - sample.xyz_m,
                                     axis=1).mean()) * 1000 for est in (judged, first)]
-        assert err[0] < 45.0 and err[1] > 300.0, (i, err)
+        assert err[0] < within_mm and err[1] > first_off_mm, (i, err)
 
 
 def test_bad_search_settings_are_a_clear_error(tmp_path):

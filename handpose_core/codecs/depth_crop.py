@@ -290,7 +290,8 @@ class DepthCropCodec:
                     break
             if fallback is None:
                 return
-            pixels = np.flatnonzero(fallback[0] == fallback[1])
+            labels, best = fallback
+            pixels = np.flatnonzero(labels == best)
             out[pixels] = True
             yield np.divmod(pixels, small.shape[1]), np.inf
         # Then the hand-sized blobs not yet taken, nearest first, one per object: a hand that touches a
